@@ -1,0 +1,407 @@
+"""Drift fields V(x) that move generated samples towards data (Deng et al. 2026; DMF eq. 1-4).
+
+Every generated sample x_i is attracted to positives y+ (data) and repelled by negatives y-
+(the generated batch itself with its diagonal masked, plus optional fixed negatives). The
+generator is trained towards the stop-gradient target x + V(x).
+
+One algorithm, three normalisations of the kernel matrix, all on the joint target set
+``Y = [gen (B) | extra negatives (K) | positives (M)]``:
+
+* ``row`` -- the paper's eq. (1)-(3): separate row-softmaxes over negatives and positives,
+  V = sum_j w+_j y+_j - sum_j w-_j y-_j  (the x terms cancel because both rows sum to one).
+* ``bidirectional`` -- the authors' released code: affinity a_ij = sqrt(row-softmax * column-
+  softmax), floored at sqrt(affinity_floor); positives get a+_ij * sum(a-_i.), negatives
+  -a-_ij * sum(a+_i.), and V_i = sum_j c_ij y_j - (sum_j c_ij) x_i.
+* ``sharp`` -- Franz et al. 2026 (REFERENCE 1): weights k(r) / sum K#(r) with
+  K#(r) = int_r^inf s k(s) ds, so V = grad log Z#_p - grad log Z#_q is conservative.
+
+Options: Laplace or Gaussian kernel, several temperatures summed, distance normalisation
+(coordinates divided by mean-distance / sqrt(D)), per-temperature drift normalisation (each
+temperature's force scaled to unit RMS). Presets are data (``PRESETS``), not code paths.
+
+Memory: the B x N kernel work (N = B + K + M) runs in row chunks of ``chunk_size`` generated
+samples. Peak extra memory is about ``4 * chunk * N * (T + 2)`` bytes for the chunk's distance
+and stacked coefficient matrices (T temperatures) plus ``4 * T * B * D`` bytes for the
+per-temperature forces -- bounded by the chunk, never by B x N. With several chunks the
+distance matrix is recomputed once per pass (mean distance, column log-sum-exp, forces)
+instead of being stored.
+
+All math is float32 (inputs in bf16/fp16 are upcast); nothing here needs gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from dmf_ray.errors import ConfigError
+
+Kernel = Literal["laplace", "gaussian"]
+Normalization = Literal["row", "bidirectional", "sharp"]
+
+KERNELS: tuple[str, ...] = ("laplace", "gaussian")
+NORMALIZATIONS: tuple[str, ...] = ("row", "bidirectional", "sharp")
+
+# Squared distances are clamped here before the square root (as the released code does), so
+# the self-distance is a tiny positive number rather than a NaN-producing negative round-off.
+_SQ_DIST_EPS = 1e-8
+# Floors of the released code: the distance scale and the per-temperature force RMS.
+_SCALE_FLOOR = 1e-3
+_FORCE_MS_FLOOR = 1e-8
+# Elements of one (chunk x N) matrix allowed by the automatic chunk size (512 MiB of float32
+# over the distance matrix and the stacked coefficient matrices together).
+_AUTO_CHUNK_ELEMENTS = 2**27
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """How to compute the drift field; validated on construction.
+
+    Attributes:
+        kernel: ``laplace`` exp(-r/tau) or ``gaussian`` exp(-r^2 / (2 tau^2)).
+        temperatures: one bandwidth or several; the drifts of all temperatures are summed.
+        normalization: ``row`` | ``bidirectional`` | ``sharp`` (see the module docstring).
+        distance_norm: divide coordinates by mean-distance / sqrt(D) so the mean normalised
+            distance is about 1 (released code, item 2): bandwidths become scale-free.
+        drift_norm: scale each temperature's force to unit RMS before summing (item 6).
+        self_negatives: use the generated batch (diagonal masked) as negatives.
+        affinity_floor: lower clamp of row-softmax x column-softmax before the square root
+            (``bidirectional`` only; the released code uses 1e-6).
+        chunk_size: generated rows per chunk; None picks the largest chunk within
+            512 MiB of chunk matrices.
+    """
+
+    kernel: Kernel = "laplace"
+    temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
+    normalization: Normalization = "bidirectional"
+    distance_norm: bool = True
+    drift_norm: bool = True
+    self_negatives: bool = True
+    affinity_floor: float = 1e-6
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        temps = self.temperatures
+        if isinstance(temps, (int, float)) and not isinstance(temps, bool):
+            temps = (float(temps),)
+        if not isinstance(temps, (list, tuple)):
+            raise ConfigError("drift.temperatures", f"must be a number or a list of numbers, got {temps!r}")
+        if len(temps) == 0:
+            raise ConfigError("drift.temperatures", "must not be empty")
+        for t in temps:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise ConfigError("drift.temperatures", f"every temperature must be a finite number > 0, got {t!r}")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in temps))
+        if self.kernel not in KERNELS:
+            raise ConfigError("drift.kernel", f"must be one of {list(KERNELS)}, got {self.kernel!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                "drift.normalization", f"must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
+        for name in ("distance_norm", "drift_norm", "self_negatives"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"drift.{name}", f"must be true or false, got {getattr(self, name)!r}")
+        if not (0.0 <= self.affinity_floor < 1.0):
+            raise ConfigError("drift.affinity_floor", f"must be in [0, 1), got {self.affinity_floor!r}")
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or int(self.chunk_size) < 1):
+            raise ConfigError("drift.chunk_size", f"must be a positive integer or null, got {self.chunk_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists for tuples) for YAML / MLflow params."""
+        out = asdict(self)
+        out["temperatures"] = list(self.temperatures)
+        return out
+
+
+# Presets are data. `reference` is the authors' released algorithm (REFERENCE 1, items 1-6);
+# `paper` is the DMF paper's eq. (1)-(4): row normalisation, Laplace kernel, one bandwidth,
+# no distance or drift normalisation.
+PRESETS: dict[str, dict[str, Any]] = {
+    "reference": dict(
+        kernel="laplace",
+        temperatures=(0.02, 0.05, 0.2),
+        normalization="bidirectional",
+        distance_norm=True,
+        drift_norm=True,
+        self_negatives=True,
+        affinity_floor=1e-6,
+    ),
+    "paper": dict(
+        kernel="laplace",
+        temperatures=(1.0,),
+        normalization="row",
+        distance_norm=False,
+        drift_norm=False,
+        self_negatives=True,
+    ),
+}
+
+
+def make_drift_config(preset: str | None = None, **options: Any) -> DriftConfig:
+    """Build a config from an optional preset overridden by keyword options.
+
+    Raises ConfigError for an unknown preset or option name.
+    """
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError("drift.preset", f"must be one of {sorted(PRESETS)}, got {preset!r}")
+        base = dict(PRESETS[preset])
+    known = {f.name for f in fields(DriftConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"drift.{unknown[0]}", f"unknown option (known: {sorted(known)})")
+    base.update(options)
+    return DriftConfig(**base)
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """The drift and the coordinate scale it was computed in.
+
+    Attributes:
+        drift: V, shape (B, D), float32, in input coordinates: the target is x + V.
+        scale: the coordinate scale s (mean distance / sqrt(D) under ``distance_norm``,
+            otherwise 1). The released loss is mean(((x - sg(x + V)) / s)^2).
+        force_rms: RMS of each temperature's force before drift normalisation, in normalised
+            coordinates, shape (T,) -- a diagnostic (the released code logs its square).
+    """
+
+    drift: Tensor
+    scale: Tensor
+    force_rms: Tensor
+
+
+def compute_drift(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Tensor | None = None,
+    *,
+    preset: str | None = None,
+    **options: Any,
+) -> Tensor:
+    """Drift V for generated samples ``gen`` (B, D) against positives ``pos`` (M, D).
+
+    ``neg`` (K, D) are extra fixed negatives; the generated batch is always a negative set too
+    unless ``self_negatives=False``. ``preset`` is ``"reference"`` or ``"paper"``; keyword
+    options (see DriftConfig) override it. Returns V (B, D) float32 in input coordinates.
+    """
+    return drift_field(gen, pos, neg, make_drift_config(preset, **options)).drift
+
+
+def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> DriftResult:
+    """Compute the drift under ``cfg``; see the module docstring for the algorithm and memory."""
+    x, targets, n_neg = _prepare(gen, pos, neg, cfg)
+    b, d = x.shape
+    n = targets.shape[0]
+    chunk = _chunk_rows(cfg, b, n)
+    ws = _Workspace(chunk, n, len(cfg.temperatures), x.device)
+    starts = range(0, b, chunk)
+
+    # Pass 1: the distance scale (mean over the whole B x N matrix, self-distances included).
+    cached: Tensor | None = None
+    if chunk >= b:
+        cached = ws.distances(x, targets)
+        scale = cached.mean(dtype=torch.float64).float() if cfg.distance_norm else x.new_ones(())
+    elif cfg.distance_norm:
+        total = sum(ws.distances(x[s : s + chunk], targets).sum(dtype=torch.float64) for s in starts)
+        scale = (total / (b * n)).float()
+    else:
+        scale = x.new_ones(())
+    dist_scale = scale.clamp_min(_SCALE_FLOOR)
+    coord_scale = (scale / math.sqrt(d)).clamp_min(_SCALE_FLOOR) if cfg.distance_norm else x.new_ones(())
+    if cached is not None:
+        cached = _kernel_argument_(cached, 0, dist_scale, cfg)
+
+    def kernel_args(start: int) -> Tensor:
+        if cached is not None:
+            return cached
+        dist = ws.distances(x[start : start + chunk], targets)
+        return _kernel_argument_(dist, start, dist_scale, cfg)
+
+    # Pass 2 (bidirectional only): column log-sum-exp over ALL generated rows.
+    half_col_lse = None
+    if cfg.normalization == "bidirectional":
+        col_lse = torch.full((len(cfg.temperatures), n), -math.inf, device=x.device)
+        for start in starts:
+            col_lse = torch.logaddexp(col_lse, _column_logsumexp(kernel_args(start), cfg, ws))
+        half_col_lse = col_lse.mul_(0.5)
+
+    # Pass 3: per-temperature forces, chunk by chunk.
+    forces = x.new_empty(len(cfg.temperatures), b, d)  # [T, B, D], input coordinates
+    for start in starts:
+        rows = slice(start, start + chunk)
+        forces[:, rows] = _chunk_forces(x[rows], targets, kernel_args(start), n_neg, cfg, ws, half_col_lse)
+
+    # RMS in the normalised coordinates (forces / coord_scale), floored as released.
+    force_rms = (forces.square().mean(dim=(1, 2)) / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
+    if cfg.drift_norm:
+        # Unit RMS in normalised coordinates, mapped back: s * (G / s) / rms = G / rms.
+        forces.div_(force_rms[:, None, None])
+    return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=force_rms)
+
+
+class _Workspace:
+    """Chunk-sized buffers reused across chunks and passes.
+
+    Fresh 100 MB tensors cost more in page faults than the arithmetic done on them, so the
+    distance matrix, one scratch matrix and the stacked coefficient matrices are allocated once
+    per call and every elementwise step writes into them in place.
+    """
+
+    def __init__(self, chunk: int, n: int, n_temps: int, device: torch.device) -> None:
+        self.n = n
+        self.n_temps = n_temps
+        self._dist = torch.empty(chunk * n, device=device)
+        self._scratch = torch.empty(chunk * n, device=device)
+        self._coeff = torch.empty(n_temps * chunk * n, device=device)
+
+    def distances(self, x_rows: Tensor, targets: Tensor) -> Tensor:
+        """Euclidean distances [c, N] (|x|^2 + |y|^2 - 2 x.y, one matrix product)."""
+        c = x_rows.shape[0]
+        out = self._dist[: c * self.n].view(c, self.n)
+        torch.addmm(x_rows.square().sum(1, keepdim=True), x_rows, targets.T, alpha=-2.0, out=out)
+        out.add_(targets.square().sum(1)[None, :]).clamp_min_(_SQ_DIST_EPS)
+        return out.sqrt_()
+
+    def scratch(self, c: int) -> Tensor:
+        return self._scratch[: c * self.n].view(c, self.n)
+
+    def coeff(self, c: int) -> Tensor:
+        return self._coeff[: self.n_temps * c * self.n].view(self.n_temps, c, self.n)
+
+
+def _prepare(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> tuple[Tensor, Tensor, int]:
+    """Upcast to float32, detach and stack the target set [gen | neg | pos]."""
+    if gen.ndim != 2 or pos.ndim != 2 or (neg is not None and neg.ndim != 2):
+        raise ValueError("gen, pos and neg must be 2-D tensors (rows x features)")
+    d = gen.shape[1]
+    if pos.shape[1] != d or (neg is not None and neg.shape[1] != d):
+        raise ValueError(f"feature dimensions differ: gen {d}, pos {pos.shape[1]}, neg {None if neg is None else neg.shape[1]}")
+    if pos.shape[0] == 0 or gen.shape[0] == 0:
+        raise ValueError("gen and pos must each hold at least one row")
+    x = gen.detach().float()
+    blocks = [x] if cfg.self_negatives else []
+    if neg is not None:
+        blocks.append(neg.detach().float())
+    n_neg = sum(blk.shape[0] for blk in blocks)
+    if n_neg == 0 and cfg.normalization != "row":
+        raise ValueError(f"{cfg.normalization} normalisation needs negatives: enable self_negatives or pass neg")
+    if cfg.self_negatives and neg is None and x.shape[0] < 2:
+        raise ValueError("self_negatives needs at least 2 generated rows (a sample does not repel itself)")
+    targets = torch.cat(blocks + [pos.detach().float()], dim=0)  # [N, D]
+    return x, targets, n_neg
+
+
+def _chunk_rows(cfg: DriftConfig, b: int, n: int) -> int:
+    """Generated rows per chunk: the configured size or the largest within the budget."""
+    if cfg.chunk_size is not None:
+        return min(int(cfg.chunk_size), b)
+    per_row = n * (len(cfg.temperatures) + 2)
+    return max(1, min(b, _AUTO_CHUNK_ELEMENTS // per_row))
+
+
+def _kernel_argument_(dist: Tensor, row_offset: int, dist_scale: Tensor, cfg: DriftConfig) -> Tensor:
+    """Turn distances [c, N] into the kernel argument u in place, self entries set to +inf.
+
+    u = r (normalised distance) for Laplace, r^2 for Gaussian, so log k = -u * kappa_t with
+    kappa_t = 1/tau or 1/(2 tau^2). Setting the self entries to +inf removes a sample's pull
+    on itself exactly, for every temperature (the released code adds a large distance).
+    """
+    u = dist.div_(dist_scale)
+    if cfg.kernel == "gaussian":
+        u.square_()
+    if cfg.self_negatives:
+        rows = torch.arange(u.shape[0], device=u.device)
+        u[rows, rows + row_offset] = math.inf
+    return u
+
+
+def _kappas(cfg: DriftConfig) -> list[float]:
+    """log k = -kappa * u: kappa = 1/tau (Laplace, u = r) or 1/(2 tau^2) (Gaussian, u = r^2)."""
+    if cfg.kernel == "laplace":
+        return [1.0 / t for t in cfg.temperatures]
+    return [0.5 / (t * t) for t in cfg.temperatures]
+
+
+def _lse_(buf: Tensor, shift: Tensor, dim: int) -> Tensor:
+    """log-sum-exp of ``buf`` along ``dim`` given each slice's maximum ``shift``; destroys buf.
+
+    The kernel is monotone in u, so every maximum is known from one min of u and no separate
+    max pass is needed.
+    """
+    shift = shift.clamp_min(torch.finfo(buf.dtype).min)  # a fully masked slice has max -inf
+    buf.sub_(shift).exp_()
+    return buf.sum(dim).log_().add_(shift.squeeze(dim))
+
+
+def _column_logsumexp(u: Tensor, cfg: DriftConfig, ws: _Workspace) -> Tensor:
+    """log sum_i k(x_i, y_j) over this chunk's rows, per temperature: [T, N]."""
+    scratch = ws.scratch(u.shape[0])
+    u_min = u.amin(0, keepdim=True)  # [1, N]
+    out = []
+    for kappa in _kappas(cfg):
+        torch.mul(u, -kappa, out=scratch)
+        out.append(_lse_(scratch, u_min * -kappa, dim=0))
+    return torch.stack(out)
+
+
+def _chunk_forces(
+    x_rows: Tensor,
+    targets: Tensor,
+    u: Tensor,
+    n_neg: int,
+    cfg: DriftConfig,
+    ws: _Workspace,
+    half_col_lse: Tensor | None,
+) -> Tensor:
+    """Per-temperature forces [T, c, D] for one chunk, in input coordinates.
+
+    Builds the coefficient matrices c_ij of all temperatures in place, then applies them in one
+    stacked product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i.
+    """
+    c = u.shape[0]
+    coeff = ws.coeff(c)  # [T, c, N]
+    scratch = ws.scratch(c)
+    neg, pos = slice(0, n_neg), slice(n_neg, None)
+    for t, kappa in enumerate(_kappas(cfg)):
+        logk = torch.mul(u, -kappa, out=coeff[t])  # [c, N]
+        if cfg.normalization == "bidirectional":
+            # log sqrt(row-softmax * col-softmax) = log k - row_lse / 2 - col_lse / 2
+            row_lse = _lse_(torch.mul(u, -kappa, out=scratch), u.amin(1, keepdim=True) * -kappa, dim=1)
+            logk.sub_(row_lse.mul_(0.5)[:, None]).sub_(half_col_lse[t][None, :]).exp_()
+            aff = logk.clamp_min_(math.sqrt(cfg.affinity_floor))
+            sum_neg = aff[:, neg].sum(1, keepdim=True)
+            sum_pos = aff[:, pos].sum(1, keepdim=True)
+            aff[:, neg].mul_(sum_pos.neg_())  # repel negatives, weighted by total attraction
+            aff[:, pos].mul_(sum_neg)  # attract positives, weighted by total repulsion
+        else:
+            for part, sign in ((neg, -1.0), (pos, 1.0)):
+                if logk[:, part].shape[1] > 0:  # the row form may run without negatives
+                    _normalise_part_(logk[:, part], u[:, part], scratch[:, part], kappa, cfg, sign)
+    t_count = coeff.shape[0]
+    weighted = torch.mm(coeff.view(t_count * c, -1), targets).view(t_count, c, -1)  # one product
+    return weighted.sub_(coeff.sum(2, keepdim=True) * x_rows[None])
+
+
+def _normalise_part_(logk: Tensor, u: Tensor, scratch: Tensor, kappa: float, cfg: DriftConfig, sign: float) -> None:
+    """Row-normalise one block (negatives or positives) of log k in place into signed weights.
+
+    ``row``: w = k / sum k (eq. 2-3). ``sharp``: w = k / sum K# with K#(r) = int_r^inf s k(s) ds
+    (Laplace: K# = k tau (r + tau); Gaussian: K# = tau^2 k), which makes V = grad log Z#.
+    """
+    u_min = u.amin(1, keepdim=True)
+    if cfg.normalization == "row":
+        lse = _lse_(scratch.copy_(logk), u_min * -kappa, dim=1)
+    elif cfg.kernel == "gaussian":  # log K# = log k + 2 log tau, tau^2 = 1 / (2 kappa)
+        lse = _lse_(scratch.copy_(logk), u_min * -kappa, dim=1) - math.log(2.0 * kappa)
+    else:  # Laplace: log K# = log k + log tau + log(r + tau), tau = 1 / kappa, maximal at min r
+        tau = 1.0 / kappa
+        # clamp keeps masked entries at log K# = -inf (finite + -inf) instead of inf - inf = NaN
+        torch.clamp(u, max=torch.finfo(u.dtype).max, out=scratch).add_(tau).log_().add_(logk)
+        lse = _lse_(scratch, u_min * -kappa + torch.log(u_min + tau), dim=1) + math.log(tau)
+    logk.sub_(lse[:, None]).exp_().mul_(sign)

@@ -1,0 +1,199 @@
+"""Identities the drift field must satisfy (REFERENCE 1; DMF theorem 1; Franz et al. sharp kernel)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dmf_ray.drift import DriftConfig, compute_drift, drift_field, make_drift_config
+from dmf_ray.drift_naive import naive_reference_drift
+from dmf_ray.errors import ConfigError
+
+NORMALIZATIONS = ("row", "bidirectional", "sharp")
+KERNELS = ("laplace", "gaussian")
+
+
+def _samples(b: int = 24, m: int = 20, k: int = 16, d: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    gen = torch.randn(b, d, generator=g, dtype=torch.float64)
+    pos = torch.randn(m, d, generator=g, dtype=torch.float64) * 0.8 + 0.7
+    neg = torch.randn(k, d, generator=g, dtype=torch.float64) * 1.2 - 0.3
+    return gen, pos, neg
+
+
+def test_reference_preset_matches_released_algorithm() -> None:
+    for b, m, k, d in [(64, 48, 0, 8), (100, 80, 10, 32), (300, 200, 0, 512)]:
+        gen, pos, neg = _samples(b, m, k, d)
+        gen, pos, neg = gen.float(), pos.float(), (neg.float() if k else None)
+        ours = compute_drift(gen, pos, neg, preset="reference")
+        oracle = naive_reference_drift(gen, pos, neg)
+        scale = oracle.abs().max()
+        assert torch.allclose(ours, oracle, atol=5e-6 * scale, rtol=1e-5), (ours - oracle).abs().max()
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_drift_vanishes_when_p_equals_q(normalization: str, kernel: str) -> None:
+    """Negatives identical to positives (the symmetric case): attraction and repulsion cancel."""
+    gen, pos, _ = _samples()
+    v = compute_drift(
+        gen, pos, pos.clone(), kernel=kernel, normalization=normalization, self_negatives=False,
+        temperatures=(0.5, 2.0), distance_norm=True, drift_norm=False,
+    )
+    assert v.abs().max() < 1e-5
+
+
+def test_bidirectional_vanishes_when_generated_equals_positives_and_negatives() -> None:
+    gen, _, _ = _samples()
+    v = compute_drift(gen, gen.clone(), gen.clone(), preset="reference", self_negatives=False, drift_norm=False)
+    assert v.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_row_form_is_antisymmetric(kernel: str) -> None:
+    gen, p, q = _samples()
+    opts = dict(kernel=kernel, normalization="row", self_negatives=False, temperatures=(0.7, 1.5), distance_norm=False, drift_norm=False)
+    v_pq = compute_drift(gen, p, q, **opts)
+    v_qp = compute_drift(gen, q, p, **opts)
+    assert torch.allclose(v_pq, -v_qp, atol=1e-5)
+    assert v_pq.abs().max() > 0.1  # not trivially zero
+
+
+def _log_kde(x: torch.Tensor, ys: torch.Tensor, log_kernel) -> torch.Tensor:
+    r = (x[:, None, :] - ys[None, :, :]).norm(dim=-1)
+    return torch.logsumexp(log_kernel(r), dim=1)
+
+
+def test_gaussian_drift_is_tau_squared_grad_log_kde() -> None:
+    """DMF theorem 1 step 2: V_mu = tau^2 grad log Z_mu for the Gaussian kernel, row form."""
+    gen, p, q = _samples()
+    tau = 0.9
+    v = compute_drift(gen, p, q, kernel="gaussian", normalization="row", temperatures=(tau,),
+                      self_negatives=False, distance_norm=False, drift_norm=False)
+    x = gen.clone().float().requires_grad_(True)
+    log_k = lambda r: -r.square() / (2 * tau**2)  # noqa: E731
+    potential = (_log_kde(x, p.float(), log_k) - _log_kde(x, q.float(), log_k)).sum()
+    (grad,) = torch.autograd.grad(potential, x)
+    assert torch.allclose(v, tau**2 * grad, atol=1e-4)
+
+
+def test_gaussian_identity_with_generated_batch_as_negatives() -> None:
+    """Self-negatives: Z_q(x_i) sums over the other generated samples, held fixed."""
+    gen, p, _ = _samples(b=10)
+    tau = 1.1
+    v = compute_drift(gen, p, kernel="gaussian", normalization="row", temperatures=(tau,),
+                      distance_norm=False, drift_norm=False)
+    log_k = lambda r: -r.square() / (2 * tau**2)  # noqa: E731
+    for i in range(gen.shape[0]):
+        xi = gen[i : i + 1].clone().float().requires_grad_(True)
+        others = torch.cat([gen[:i], gen[i + 1 :]]).float()
+        potential = (_log_kde(xi, p.float(), log_k) - _log_kde(xi, others, log_k)).sum()
+        (grad,) = torch.autograd.grad(potential, xi)
+        assert torch.allclose(v[i : i + 1], tau**2 * grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sharp_drift_is_gradient_of_sharp_log_kde_difference(kernel: str) -> None:
+    """V# = grad(log Z#_p - log Z#_q), K#(r) = int_r^inf s k(s) ds."""
+    gen, p, q = _samples()
+    tau = 0.8
+    v = compute_drift(gen, p, q, kernel=kernel, normalization="sharp", temperatures=(tau,),
+                      self_negatives=False, distance_norm=False, drift_norm=False)
+    if kernel == "laplace":
+        log_sharp = lambda r: math.log(tau) + torch.log(r + tau) - r / tau  # noqa: E731
+    else:
+        log_sharp = lambda r: 2 * math.log(tau) - r.square() / (2 * tau**2)  # noqa: E731
+    x = gen.clone().float().requires_grad_(True)
+    potential = (_log_kde(x, p.float(), log_sharp) - _log_kde(x, q.float(), log_sharp)).sum()
+    (grad,) = torch.autograd.grad(potential, x)
+    assert torch.allclose(v, grad, atol=1e-4)
+
+
+def test_laplace_row_drift_is_not_a_gradient_but_sharp_is() -> None:
+    """Sanity of the previous test: the plain Laplace row drift differs from grad log Z#."""
+    gen, p, q = _samples()
+    opts = dict(kernel="laplace", temperatures=(0.8,), self_negatives=False, distance_norm=False, drift_norm=False)
+    row = compute_drift(gen, p, q, normalization="row", **opts)
+    sharp = compute_drift(gen, p, q, normalization="sharp", **opts)
+    assert (row - sharp).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("with_neg", [False, True])
+def test_chunked_equals_unchunked(normalization: str, kernel: str, with_neg: bool) -> None:
+    gen, pos, neg = _samples(b=37, m=29, k=11, d=6)
+    gen, pos, neg = gen.float(), pos.float(), neg.float()
+    opts = dict(kernel=kernel, normalization=normalization, temperatures=(0.05, 0.3, 1.0))
+    full = compute_drift(gen, pos, neg if with_neg else None, **opts)
+    for chunk in (1, 5, 36):
+        chunked = compute_drift(gen, pos, neg if with_neg else None, chunk_size=chunk, **opts)
+        assert torch.allclose(full, chunked, atol=1e-5 * full.abs().max(), rtol=1e-4), chunk
+    assert full.isfinite().all()
+
+
+def test_bf16_inputs_are_computed_in_float32() -> None:
+    gen, pos, _ = _samples(b=64, m=64, d=16)
+    gen16, pos16 = gen.bfloat16(), pos.bfloat16()
+    v16 = compute_drift(gen16, pos16, preset="reference")
+    v32 = compute_drift(gen16.float(), pos16.float(), preset="reference")
+    assert v16.dtype == torch.float32
+    assert torch.equal(v16, v32)
+
+
+def test_drift_norm_gives_unit_rms_per_temperature_in_normalised_coordinates() -> None:
+    gen, pos, _ = _samples(b=50, m=40, d=8)
+    cfg = make_drift_config("reference", temperatures=(0.2,))
+    res = drift_field(gen.float(), pos.float(), None, cfg)
+    rms = (res.drift / res.scale).square().mean().sqrt()
+    assert abs(rms.item() - 1.0) < 1e-4
+
+
+def test_distance_normalisation_makes_drift_scale_equivariant() -> None:
+    """With distance and drift normalisation, scaling all inputs by c scales V by c."""
+    gen, pos, _ = _samples()
+    v1 = compute_drift(gen.float(), pos.float(), preset="reference")
+    v3 = compute_drift(3.0 * gen.float(), 3.0 * pos.float(), preset="reference")
+    assert torch.allclose(3.0 * v1, v3, atol=1e-4 * v3.abs().max())
+
+
+def test_drift_moves_generated_samples_towards_positives() -> None:
+    gen = torch.randn(256, 2)
+    pos = torch.randn(256, 2) + torch.tensor([4.0, 0.0])
+    for preset in ("reference", "paper"):
+        v = compute_drift(gen, pos, preset=preset)
+        assert v[:, 0].mean() > 0.1, preset
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        (dict(temperatures=()), "drift.temperatures"),
+        (dict(temperatures=(0.1, 0.0)), "drift.temperatures"),
+        (dict(temperatures=-1.0), "drift.temperatures"),
+        (dict(kernel="cauchy"), "drift.kernel"),
+        (dict(normalization="column"), "drift.normalization"),
+        (dict(chunk_size=0), "drift.chunk_size"),
+        (dict(affinity_floor=1.5), "drift.affinity_floor"),
+        (dict(bandwidth=1.0), "drift.bandwidth"),
+    ],
+)
+def test_invalid_options_name_the_field(options: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        make_drift_config(**options)
+
+
+def test_unknown_preset_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="drift.preset"):
+        compute_drift(torch.zeros(2, 2), torch.zeros(2, 2), preset="nope")
+
+
+def test_single_temperature_number_is_accepted() -> None:
+    assert DriftConfig(temperatures=0.5).temperatures == (0.5,)
+
+
+def test_mismatched_shapes_raise() -> None:
+    with pytest.raises(ValueError, match="feature dimensions"):
+        compute_drift(torch.zeros(4, 3), torch.zeros(4, 2))
