@@ -1,0 +1,1 @@
+"""Small self-contained experiments that reproduce figures and checks of the DMF paper."""

@@ -1,0 +1,301 @@
+"""Friction schedules and update orders of DMF (Kazanskii et al. 2026, arXiv 2604.18194).
+
+Why this module exists: DMF differs from a plain Drifting Model only in how the drift V(x) is
+turned into the displacement that forms the training target ``x + displacement``. A friction
+coefficient gamma(i) in [0, 1] grows over the T training steps, and
+
+* ``first``  (eq. 12): displacement = (1 - gamma(i)) V(x), so the update freezes as gamma -> 1;
+* ``second`` (appendix B, eq. 21): v_{i+1} = (1 - gamma(i)) v_i + V(x_i), displacement = v_{i+1},
+  i.e. Polyak heavy ball with momentum 1 - gamma(i) (Proposition 2);
+* ``hybrid`` (remark 8): v_{i+1} = (1 - gamma(i)) v_i + (1 - gamma(i)) V(x_i), which damps both
+  the momentum and the force and so freezes like ``first``.
+
+Proposition 1 needs a non-decreasing schedule with gamma(0) = 0 and gamma(T-1) = 1, so every
+schedule here (except ``none``, plain DM) hits both end points exactly in floating point; the
+formulas are chosen so that this holds without clipping. Each schedule is a single function of
+the training fraction u = i / (T - 1) in [0, 1], shared by :func:`gamma` (one step, used inside
+the training loop) and :func:`schedule_values` (all steps, used for plots and checks).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmf_ray.errors import ConfigError
+
+ORDERS = ("first", "second", "hybrid")
+
+
+def _none(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    return np.zeros_like(u)
+
+
+def _linear(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    return u.copy()
+
+
+def _cosine(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    # cos(0) = 1 and cos(pi) = -1 are exact, so the end points are exactly 0 and 1.
+    return (1.0 - np.cos(np.pi * u)) / 2.0
+
+
+def _power(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    return u**cfg.power
+
+
+def _sigmoid(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    # logistic(z) = (1 + tanh(z / 2)) / 2; the affine rescaling to [0, 1] cancels the constant,
+    # leaving tanh differences: no overflow for steep schedules and no cancellation for flat ones.
+    def half_tanh(x: np.ndarray | float) -> np.ndarray:
+        return np.tanh(0.5 * cfg.steepness * (np.asarray(x) - cfg.midpoint))
+
+    # At u = 1 numerator and denominator are the same float, hence exactly 1.
+    low = half_tanh(0.0)
+    return (half_tanh(u) - low) / (half_tanh(1.0) - low)
+
+
+def _step(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    # searchsorted counts the breakpoints <= u: 0 before the first one maps to gamma = 0.
+    values = np.concatenate(([0.0], np.asarray(cfg.levels, dtype=np.float64)))
+    piecewise = values[np.searchsorted(np.asarray(cfg.breakpoints), u, side="right")]
+    # The last step is forced to full friction, as Proposition 1 requires gamma(T-1) = 1.
+    return np.where(u >= 1.0, 1.0, piecewise)
+
+
+def _warmup_linear(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    return np.maximum(0.0, (u - cfg.warmup) / (1.0 - cfg.warmup))
+
+
+SCHEDULES: dict[str, Callable[[np.ndarray, "FrictionConfig"], np.ndarray]] = {
+    "none": _none,
+    "linear": _linear,
+    "cosine": _cosine,
+    "power": _power,
+    "sigmoid": _sigmoid,
+    "step": _step,
+    "warmup_linear": _warmup_linear,
+}
+
+# Parameters that shape each schedule (used to describe a config in plot titles and logs).
+_SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "power": ("power",),
+    "sigmoid": ("midpoint", "steepness"),
+    "step": ("breakpoints", "levels"),
+    "warmup_linear": ("warmup",),
+}
+
+
+def _number(field: str, value: object) -> float:
+    """Return ``value`` as a finite float, or raise ConfigError (YAML may give strings/bools)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"friction.{field}", f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _numbers(field: str, values: object) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ConfigError(f"friction.{field}", f"must be a list of numbers, got {values!r}")
+    return tuple(_number(field, v) for v in values)
+
+
+@dataclass(frozen=True)
+class FrictionConfig:
+    """Which friction schedule gamma(i) and which update order (first/second/hybrid) to use.
+
+    All shape parameters are validated whatever the schedule, so a config that is valid for one
+    schedule stays valid when only ``schedule`` is changed (e.g. by a hyperparameter search).
+    """
+
+    schedule: str = "linear"
+    order: str = "first"
+    power: float = 2.0
+    midpoint: float = 0.5
+    steepness: float = 10.0
+    breakpoints: tuple[float, ...] = (0.5,)
+    levels: tuple[float, ...] = (0.5,)
+    warmup: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
+            raise ConfigError(
+                "friction.schedule", f"must be one of {sorted(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if not isinstance(self.order, str) or self.order not in ORDERS:
+            raise ConfigError(
+                "friction.order", f"must be one of {list(ORDERS)}, got {self.order!r}"
+            )
+        # Normalise YAML/JSON values (ints, lists) to the declared float/tuple types first.
+        for field in ("power", "midpoint", "steepness", "warmup"):
+            object.__setattr__(self, field, _number(field, getattr(self, field)))
+        for field in ("breakpoints", "levels"):
+            object.__setattr__(self, field, _numbers(field, getattr(self, field)))
+        if self.power <= 0:
+            raise ConfigError("friction.power", f"must be > 0, got {self.power}")
+        if not 0 < self.midpoint < 1:
+            raise ConfigError("friction.midpoint", f"must be in (0, 1), got {self.midpoint}")
+        if self.steepness <= 0:
+            raise ConfigError("friction.steepness", f"must be > 0, got {self.steepness}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError("friction.warmup", f"must be in [0, 1), got {self.warmup}")
+        breakpoints, levels = self.breakpoints, self.levels
+        if not breakpoints:
+            raise ConfigError("friction.breakpoints", "must not be empty")
+        if not all(0 < b < 1 for b in breakpoints) or any(
+            b >= c for b, c in zip(breakpoints, breakpoints[1:])
+        ):
+            raise ConfigError(
+                "friction.breakpoints",
+                f"must be strictly increasing fractions in (0, 1), got {list(breakpoints)}",
+            )
+        if len(levels) != len(breakpoints):
+            raise ConfigError(
+                "friction.levels",
+                f"must have one level per breakpoint ({len(breakpoints)}), got {len(levels)}",
+            )
+        if not all(0 <= v <= 1 for v in levels) or any(v > w for v, w in zip(levels, levels[1:])):
+            raise ConfigError(
+                "friction.levels", f"must be non-decreasing values in [0, 1], got {list(levels)}"
+            )
+
+    def describe(self) -> str:
+        """Short readable name, e.g. ``sigmoid(midpoint=0.5, steepness=10.0), order=first``."""
+        names = _SCHEDULE_PARAMS.get(self.schedule, ())
+        params = ", ".join(f"{name}={getattr(self, name)}" for name in names)
+        name = f"{self.schedule}({params})" if params else self.schedule
+        return f"{name}, order={self.order}"
+
+
+def _check_total_steps(total_steps: int) -> int:
+    # u = i / (T - 1) needs T >= 2, and Proposition 1 is stated for T >= 2.
+    total_steps = operator.index(total_steps)
+    if total_steps < 2:
+        raise ConfigError("friction.total_steps", f"must be >= 2, got {total_steps}")
+    return total_steps
+
+
+def schedule_values(cfg: FrictionConfig, total_steps: int) -> np.ndarray:
+    """All T values gamma(0), ..., gamma(T-1) as float64 (same numbers as :func:`gamma`)."""
+    total_steps = _check_total_steps(total_steps)
+    u = np.arange(total_steps, dtype=np.float64) / (total_steps - 1)
+    return SCHEDULES[cfg.schedule](u, cfg).astype(np.float64)
+
+
+def gamma(cfg: FrictionConfig, step: int, total_steps: int) -> float:
+    """Friction coefficient gamma(step) in [0, 1] for a run of ``total_steps`` steps (eq. 15 etc.).
+
+    Evaluates only the one step (O(1)), so the training loop can call it every step.
+    """
+    total_steps = _check_total_steps(total_steps)
+    step = operator.index(step)
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step must be in [0, {total_steps - 1}], got {step}")
+    u = np.array([step / (total_steps - 1)], dtype=np.float64)
+    return float(SCHEDULES[cfg.schedule](u, cfg)[0])
+
+
+def apply_friction(
+    order: str, gamma: float, drift: Tensor, velocity: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Turn the drift V(x) into (displacement, new velocity); the target is ``x + displacement``.
+
+    ``first`` (eq. 12) returns no velocity. ``second`` (eq. 21) and ``hybrid`` (remark 8) treat a
+    missing ``velocity`` as zeros (v^0 = 0) and return the new velocity v_{i+1}, which is also the
+    displacement because x_{i+1} = x_i + v_{i+1}.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    damping = 1.0 - gamma
+    if order == "first":
+        return damping * drift, None
+    previous = torch.zeros_like(drift) if velocity is None else velocity
+    force = drift if order == "second" else damping * drift
+    new_velocity = damping * previous + force
+    return new_velocity, new_velocity
+
+
+class VelocityBuffer:
+    """Velocity v of every source sample for the second-order and hybrid updates.
+
+    The heavy-ball form needs the identity of a sample across steps, so velocities are stored
+    per source index (natural for translation with a finite source set). Rows start at zero
+    (v^0 = 0 in definition 1) and are kept in float32. If a batch holds the same index more than
+    once, every occurrence reads the velocity stored before the batch, and the row written last
+    in batch order wins, deterministically on every device (plain index assignment with
+    duplicates is unspecified on CUDA).
+    """
+
+    def __init__(self, n_sources: int, dim: int, device: torch.device | str | None = None) -> None:
+        if n_sources < 1 or dim < 1:
+            raise ValueError(f"n_sources and dim must be >= 1, got {n_sources}, {dim}")
+        self.velocity = torch.zeros(n_sources, dim, dtype=torch.float32, device=device)
+
+    def step(self, indices: Tensor, drift: Tensor, gamma: float, order: str) -> Tensor:
+        """Update the rows ``indices`` with ``drift`` (B, D) and return the displacement (B, D)."""
+        if order == "first":
+            raise ValueError("VelocityBuffer is for the 'second' and 'hybrid' orders only")
+        n_sources, dim = self.velocity.shape
+        if indices.ndim != 1 or drift.shape != (indices.shape[0], dim):
+            raise ValueError(
+                f"expected indices (B,) and drift (B, {dim}), got {tuple(indices.shape)} "
+                f"and {tuple(drift.shape)}"
+            )
+        indices = indices.to(device=self.velocity.device, dtype=torch.long)
+        if indices.numel() and (indices.min() < 0 or indices.max() >= n_sources):
+            raise ValueError(f"indices must be in [0, {n_sources - 1}]")
+        previous = self.velocity[indices].to(device=drift.device, dtype=drift.dtype)
+        displacement, new_velocity = apply_friction(order, gamma, drift, previous)
+        assert new_velocity is not None  # second/hybrid always return a velocity
+        positions = torch.arange(indices.shape[0], device=indices.device)
+        last = torch.full((n_sources,), -1, dtype=torch.long, device=indices.device)
+        last = last.scatter_reduce(0, indices, positions, reduce="amax")
+        keep = positions == last[indices]
+        self.velocity[indices[keep]] = new_velocity.detach().to(self.velocity)[keep]
+        return displacement
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain contiguous tensors, ready for ``safetensors.torch.save_file``."""
+        return {"velocity": self.velocity.detach().clone().contiguous()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        velocity = state["velocity"]
+        if velocity.shape != self.velocity.shape:
+            raise ValueError(
+                f"velocity shape {tuple(velocity.shape)} != buffer {tuple(self.velocity.shape)}"
+            )
+        self.velocity.copy_(velocity)
+
+
+def plot_schedule(cfg: FrictionConfig, total_steps: int, path: str | Path) -> Path:
+    """Save a PNG of gamma(i) and of the drift scale 1 - gamma(i) over the training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = schedule_values(cfg, total_steps)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        steps = np.arange(total_steps)
+        ax.plot(steps, values, label=r"$\gamma(i)$")
+        ax.plot(steps, 1.0 - values, linestyle="--", label=r"$1-\gamma(i)$")
+        ax.set_xlabel("training step i")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(f"friction: {cfg.describe()}, T={total_steps}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
