@@ -1,0 +1,166 @@
+"""The one interface every dataset offers, its typed config, and the dispatch to the builders.
+
+Why one interface: the trainer, the metrics and the sweeps only ever need "a pool of source
+samples, a pool of target samples, held-out pools of both, and the true map where it is known".
+Each dataset module (`toy`, `gaussian_ot`, `ffhq_alae`) turns a `DataConfig` into a
+`TranslationData`; nothing downstream knows which one it got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Literal, get_args
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmf_ray.errors import ConfigError
+
+DatasetName = Literal["toy", "gaussian-ot", "ffhq-alae"]
+Direction = Literal["adult2child", "child2adult", "man2woman", "woman2man"]
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+MAX_GAUSSIAN_DIM = 512
+
+# Independent random streams derived from one seed (see `stream_generator`).
+TRAIN_STREAM = 0
+TEST_STREAM = 1
+
+
+def stream_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one named stream of `seed`.
+
+    Why not `seed + offset`: the train and test pools (and a random problem's parameters) must be
+    independent, yet all follow from the one user seed. `SeedSequence` hashes the pair
+    (seed, stream), so stream 1 of seed 0 never equals stream 0 of some other seed, as an offset
+    would make it.
+    """
+    state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _draw(pool: Tensor, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """`n` rows of `pool` (N, dim), uniformly with replacement: (indices int64 (n,), rows (n, dim))."""
+    if n < 1:
+        raise ValueError(f"batch size must be >= 1, got {n}")
+    indices = torch.randint(pool.shape[0], (n,), generator=generator, device=pool.device)
+    return indices, pool[indices]
+
+
+@dataclass(frozen=True, eq=False)
+class TranslationData:
+    """A source -> target translation task: train/test pools of both sides, float32 (N, dim).
+
+    `ot_map` is the ground-truth transport map (batched: (n, dim) -> (n, dim)) where it is known,
+    else None. `eq=False`: tensors have no single truth value, so identity is the only equality.
+    """
+
+    name: str
+    dim: int
+    train_source: Tensor
+    train_target: Tensor
+    test_source: Tensor
+    test_target: Tensor
+    ot_map: Callable[[Tensor], Tensor] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # The builders construct this, so a violation is a programming error, not user input.
+        for field in ("train_source", "train_target", "test_source", "test_target"):
+            pool: Tensor = getattr(self, field)
+            if pool.dtype != torch.float32 or pool.ndim != 2 or pool.shape[1] != self.dim:
+                raise ValueError(
+                    f"{field}: expected float32 (N, {self.dim}), got {pool.dtype} {tuple(pool.shape)}"
+                )
+            if pool.shape[0] == 0:
+                raise ValueError(f"{field}: pool is empty")
+
+    def source_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(indices int64 (n,), samples (n, dim)) drawn with replacement from `train_source`.
+
+        The indices identify the source samples, so a second-order friction update can keep one
+        velocity per sample. Deterministic given the generator's state; the generator must live
+        on the pools' device (CPU as built).
+        """
+        return _draw(self.train_source, n, generator)
+
+    def target_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(indices int64 (n,), samples (n, dim)) drawn with replacement from `train_target`."""
+        return _draw(self.train_target, n, generator)
+
+    @cached_property
+    def target_variance(self) -> float:
+        """Average per-coordinate variance of `test_target`: trace(Cov) / dim.
+
+        L2-UVP divides the map's squared error by this, so it is computed once, in float64.
+        """
+        return float(self.test_target.double().var(dim=0).mean())
+
+
+def _check_int(field: str, value: object, low: int, high: int | None = None) -> None:
+    """Raise ConfigError unless `value` is an int (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(field, f"must be {bound}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to build, validated once here so builders can trust every field.
+
+    `n_train`/`n_test` size the sampled pools of `toy` and `gaussian-ot`; `dim` is the dimension
+    of `gaussian-ot`; `data_dir` and `direction` choose the folder and task of `ffhq-alae`.
+    """
+
+    name: DatasetName = "toy"
+    seed: int = 0
+    n_train: int = 100_000
+    n_test: int = 50_000
+    dim: int = 64
+    data_dir: str | None = None
+    direction: Direction = "adult2child"
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ConfigError("data.name", f"must be one of {list(DATASET_NAMES)}, got {self.name!r}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(
+                "data.direction", f"must be one of {list(DIRECTIONS)}, got {self.direction!r}"
+            )
+        _check_int("data.seed", self.seed, 0)
+        _check_int("data.n_train", self.n_train, 1)
+        _check_int("data.n_test", self.n_test, 1)
+        _check_int("data.dim", self.dim, 1, MAX_GAUSSIAN_DIM)
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise ConfigError(
+                "data.data_dir", f"must be a non-empty path string, got {self.data_dir!r}"
+            )
+        if self.name == "ffhq-alae" and self.data_dir is None:
+            raise ConfigError("data.data_dir", "required when data.name is 'ffhq-alae'")
+
+
+Builder = Callable[[DataConfig], TranslationData]
+
+
+def builders() -> dict[str, Builder]:
+    """The registry: dataset name -> builder.
+
+    A function rather than a module constant because the builder modules import
+    `TranslationData` from here; importing them at call time breaks that cycle.
+    """
+    from dmf_ray.data import ffhq_alae, gaussian_ot, toy
+
+    return {
+        "toy": toy.build_toy,
+        "gaussian-ot": gaussian_ot.build_gaussian_ot,
+        "ffhq-alae": ffhq_alae.build_ffhq_alae,
+    }
+
+
+def load_dataset(cfg: DataConfig) -> TranslationData:
+    """Build the dataset `cfg` names (ConfigError/DataError on bad input)."""
+    return builders()[cfg.name](cfg)

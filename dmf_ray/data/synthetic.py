@@ -1,0 +1,147 @@
+"""Write a SYNTHETIC stand-in for the FFHQ ALAE folder: ``python -m dmf_ray.data.synthetic``.
+
+Why: the real ``latents.npy`` cannot be downloaded on machines without network, yet the loader,
+the trainer and the CLIs must run end to end. This writes the same three files in the same
+format -- with made-up latents -- plus ``SYNTHETIC.txt`` saying so. Adults and children are two
+well separated Gaussian clusters (and men and women are offset along a second direction), so a
+translation between them is learnable and visibly right or wrong.
+
+Usage: python -m dmf_ray.data.synthetic --out DIR [--rows 70000] [--dim 512] [--seed 0] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from dmf_ray.data.ffhq_alae import AGE_FILE, GENDER_FILE, LATENTS_FILE, UNKNOWN_AGE, train_rows
+from dmf_ray.errors import ConfigError, UserInputError
+
+NOTICE_FILE = "SYNTHETIC.txt"
+MIN_ROWS = 14  # the smallest N whose test split (N - round(6N/7) >= 2 rows) holds every group
+CHILD_FRACTION = 0.2
+UNKNOWN_FRACTION = 0.01
+CLUSTER_DISTANCE = 6.0  # between the adult and child cluster centres, in noise standard deviations
+GENDER_OFFSET = 1.5  # men and women sit at +-GENDER_OFFSET along a second direction
+
+NOTICE = """\
+SYNTHETIC DATA -- NOT REAL FFHQ LATENTS.
+
+Written by `python -m dmf_ray.data.synthetic` (rows={rows}, dim={dim}, seed={seed}) in the format
+of the FFHQ ALAE folder (latents.npy, age.npy, gender.npy) so the pipeline can run without the
+real files. latents.npy holds Gaussian noise around two cluster centres (adults, children) offset
+by gender; the ages and genders are random. Results on this folder say nothing about FFHQ.
+"""
+
+
+def _labels(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random ages (n,) float64 and genders (n,) <U6 with fixed proportions.
+
+    Fixed counts (at least one child, one adult, one man and one woman for n >= 2) rather than
+    independent draws, so even a tiny split holds every group the four directions need.
+    """
+    n_child = max(1, round(CHILD_FRACTION * n))
+    n_unknown = round(UNKNOWN_FRACTION * n)
+    age = np.concatenate([
+        rng.integers(0, 18, n_child).astype(np.float64),
+        np.full(n_unknown, UNKNOWN_AGE),
+        rng.integers(18, 80, n - n_child - n_unknown).astype(np.float64),
+    ])
+    n_male = (n - n_unknown) // 2
+    gender = np.array(["male"] * n_male + [""] * n_unknown + ["female"] * (n - n_male - n_unknown))
+    return rng.permutation(age), rng.permutation(gender).astype("<U6")
+
+
+def synthetic_arrays(rows: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latents (rows, dim) float32, age (rows, 1) float64, gender (rows,) <U6)."""
+    rng = np.random.default_rng(seed)
+    n_train = train_rows(rows)
+    train_labels, test_labels = _labels(n_train, rng), _labels(rows - n_train, rng)
+    age = np.concatenate([train_labels[0], test_labels[0]])
+    gender = np.concatenate([train_labels[1], test_labels[1]])
+    directions = np.linalg.qr(rng.standard_normal((dim, 2)))[0].T  # orthonormal rows (2, dim)
+    age_side = np.where((age >= 0) & (age < 18), 0.5, -0.5)[:, None]  # unknown ages join adults
+    gender_side = np.select([gender == "male", gender == "female"], [1.0, -1.0], 0.0)[:, None]
+    centres = CLUSTER_DISTANCE * age_side * directions[0] + GENDER_OFFSET * gender_side * directions[1]
+    latents = centres + rng.standard_normal((rows, dim))
+    return latents.astype(np.float32), age[:, None], gender
+
+
+def _check_args(rows: int, dim: int, seed: int) -> None:
+    if rows < MIN_ROWS:
+        raise ConfigError(
+            "--rows", f"must be >= {MIN_ROWS} so both splits hold every group, got {rows}"
+        )
+    if dim < 2:
+        raise ConfigError("--dim", f"must be >= 2 (age and gender get one direction each), got {dim}")
+    if seed < 0:
+        raise ConfigError("--seed", f"must be >= 0, got {seed}")
+
+
+def write_synthetic_ffhq(out: Path, rows: int, dim: int, seed: int, force: bool = False) -> Path:
+    """Write the synthetic folder at `out` atomically and return `out`.
+
+    All files go to a temporary sibling folder that is renamed into place at the end, so an
+    interrupted run leaves nothing half-written at `out`. An existing non-empty `out` is refused
+    (ConfigError) unless `force`, in which case it is replaced.
+    """
+    _check_args(rows, dim, seed)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError("--out", f"{out} is not empty (pass --force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()  # unlike mkdtemp's 0700, honours the umask like any folder the user makes
+    except OSError as error:
+        raise ConfigError("--out", f"cannot write next to {out}: {error.strerror or error}") from None
+    try:
+        latents, age, gender = synthetic_arrays(rows, dim, seed)
+        np.save(staging / LATENTS_FILE, latents)
+        np.save(staging / AGE_FILE, age)
+        np.save(staging / GENDER_FILE, gender)
+        (staging / NOTICE_FILE).write_text(NOTICE.format(rows=rows, dim=dim, seed=seed))
+        if out.is_dir():  # empty, or being replaced under --force
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become UserInputError (one line, exit 2 in main)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserInputError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="python -m dmf_ray.data.synthetic", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write")
+    parser.add_argument("--rows", type=int, default=70_000, help="number of rows N")
+    parser.add_argument("--dim", type=int, default=512, help="latent dimension D")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    try:
+        args = parser.parse_args(argv)
+        out = write_synthetic_ffhq(args.out, args.rows, args.dim, args.seed, force=args.force)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote synthetic FFHQ ALAE folder (NOT real latents): {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
