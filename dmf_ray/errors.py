@@ -33,3 +33,11 @@ class DataError(UserInputError):
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)
         super().__init__(f"{self.path}: {problem}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, drift or generated samples became NaN/inf.
+
+    Raised by the training loop so a run (or a sweep trial) ends cleanly with this reason instead
+    of training on garbage; it is not a user-input error.
+    """

@@ -1,0 +1,211 @@
+"""One DMF training step and the loop around it: no Ray, no MLflow, no file I/O.
+
+Why this shape: the same step runs in the single-process trainer and inside Ray Train workers.
+The step takes an optional ``gather`` hook -- the distributed wrapper all-gathers generated
+samples and positives so every worker computes the drift of the whole global batch, then keeps
+its own rows -- and the loop reports through an ``on_eval`` callback, so checkpoints, plots and
+tracking live with the caller.
+
+Per step (DMF eq. 12 / appendix B):
+    x = f_theta(source);  V = drift(sg(x), positives);  d = friction(V, gamma(i));
+    loss = mean(((x - sg(x + d)) / s)^2)
+where s is the drift's coordinate scale (1 unless distance normalisation is on, as released).
+The loss value is kept on the device; the host reads it only at logging and evaluation steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dmf_ray import metrics
+from dmf_ray.config import OptimConfig, TrainConfig
+from dmf_ray.data.base import TranslationData
+from dmf_ray.drift import drift_field
+from dmf_ray.errors import TrainingDiverged
+from dmf_ray.friction import VelocityBuffer, apply_friction, gamma
+from dmf_ray.models import GeneratorConfig, build_generator
+
+_EVAL_BATCH = 8192
+_LOG_EVERY = 50
+
+
+class Gather(Protocol):
+    """All-gather rows across data-parallel workers: returns (all rows, this worker's slice)."""
+
+    def __call__(self, local: Tensor) -> tuple[Tensor, slice]: ...
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training (and goes into a checkpoint)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    rng: torch.Generator
+    velocity: VelocityBuffer | None = None
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Per-step diagnostics, left on the device (no host sync)."""
+
+    loss: Tensor
+    drift_rms: Tensor
+    gamma: float
+
+
+def generator_config(cfg: TrainConfig, data: TranslationData) -> GeneratorConfig:
+    """The model section with its data dimension filled in."""
+    noise_dim = cfg.model.noise_dim if cfg.model.kind == "noise" else None
+    return replace(cfg.model, dim=data.dim, noise_dim=noise_dim if noise_dim is not None else None)
+
+
+def build_state(cfg: TrainConfig, data: TranslationData) -> TrainState:
+    """Fresh model, optimiser, LR schedule, sampling RNG and (second/hybrid order) velocities.
+
+    Seeding torch before building the model makes initial weights a function of ``cfg.seed``.
+    """
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model = build_generator(generator_config(cfg, data)).to(device)
+    optimizer = _make_optimizer(model, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim, cfg.steps))
+    rng = torch.Generator().manual_seed(cfg.seed)
+    velocity = None
+    if cfg.friction.order != "first":
+        velocity = VelocityBuffer(data.train_source.shape[0], data.dim, device=device)
+    return TrainState(model=model, optimizer=optimizer, scheduler=scheduler, rng=rng, velocity=velocity)
+
+
+def _make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.betas[0], weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def _lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then constant or cosine decay to zero at the last step."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gather: Gather | None = None) -> StepStats:
+    """One optimiser step on a fresh batch; advances ``state`` in place."""
+    device = torch.device(cfg.device)
+    g = gamma(cfg.friction, state.step, cfg.steps)
+    idx, source = data.source_batch(cfg.batch_size, state.rng)
+    _, pos = data.target_batch(cfg.positives_per_step, state.rng)
+    source, pos = source.to(device, non_blocking=True), pos.to(device, non_blocking=True)
+
+    x = state.model(source)
+    x_fixed = x.detach()
+    if gather is None:
+        result = drift_field(x_fixed, pos, None, cfg.drift)
+        drift = result.drift
+    else:  # every worker computes the global-batch drift and keeps its own rows
+        x_all, mine = gather(x_fixed)
+        pos_all, _ = gather(pos)
+        result = drift_field(x_all, pos_all, None, cfg.drift)
+        drift = result.drift[mine]
+    if state.velocity is None:
+        displacement, _ = apply_friction("first", g, drift, None)
+    else:
+        displacement = state.velocity.step(idx.to(device), drift, g, cfg.friction.order)
+    target = x_fixed + displacement
+    loss = ((x - target) / result.scale).square().mean()
+
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.optim.grad_clip is not None:
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    return StepStats(loss=loss.detach(), drift_rms=drift.square().mean().sqrt(), gamma=g)
+
+
+@torch.no_grad()
+def translate(model: nn.Module, x: Tensor, device: torch.device | str = "cpu", batch: int = _EVAL_BATCH) -> Tensor:
+    """Apply the generator to many rows in batches; returns a CPU float32 tensor."""
+    model.eval()
+    out = [model(x[i : i + batch].to(device)).float().cpu() for i in range(0, x.shape[0], batch)]
+    model.train()
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, data: TranslationData, cfg: TrainConfig) -> dict[str, float]:
+    """Held-out scores: FD (and KID) to the target, transport cost, L2-UVP where the OT map is known.
+
+    Raises TrainingDiverged if the generator's outputs are not finite.
+    """
+    n = min(cfg.eval_samples, data.test_source.shape[0])
+    source = data.test_source[:n]
+    mapped = translate(model, source, cfg.device)
+    if not torch.isfinite(mapped).all():
+        raise TrainingDiverged("generator produced non-finite samples")
+    target = data.test_target[: cfg.eval_samples]
+    return metrics.evaluate_translation(source, mapped, target, ot_map=data.ot_map, with_kid=cfg.eval_kid, seed=cfg.seed)
+
+
+EvalCallback = Callable[[TrainState, dict[str, float]], None]
+
+
+def train(
+    cfg: TrainConfig,
+    data: TranslationData,
+    state: TrainState | None = None,
+    *,
+    on_eval: EvalCallback | None = None,
+    gather: Gather | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Run (or continue) training to ``cfg.steps``; evaluate every ``cfg.eval_every`` steps.
+
+    Each evaluation appends ``{step, loss, gamma, lr, <metrics>}`` to ``state.history`` and calls
+    ``on_eval(state, record)``. A non-finite loss or sample ends training with TrainingDiverged.
+    """
+    state = state or build_state(cfg, data)
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train", dynamic_ncols=True)
+    with bar:
+        while state.step < cfg.steps:
+            stats = train_step(state, cfg, data, gather)
+            bar.update(1)
+            at_eval = state.step % cfg.eval_every == 0 or state.step == cfg.steps
+            if state.step % _LOG_EVERY == 0 or at_eval:
+                loss = stats.loss.item()  # the only per-interval host sync
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"loss is {loss} at step {state.step}")
+                bar.set_postfix(loss=f"{loss:.4g}", gamma=f"{stats.gamma:.3f}")
+            if at_eval:
+                record = {
+                    "step": float(state.step),
+                    "loss": loss,
+                    "drift_rms": stats.drift_rms.item(),
+                    "gamma": stats.gamma,
+                    "lr": state.scheduler.get_last_lr()[0],
+                    **evaluate(state.model, data, cfg),
+                }
+                state.history.append(record)
+                bar.set_postfix(loss=f"{loss:.4g}", fd=f"{record['fd']:.4g}", gamma=f"{stats.gamma:.3f}")
+                if on_eval is not None:
+                    on_eval(state, record)
+    return state
