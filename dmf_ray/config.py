@@ -61,13 +61,13 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(kind="noise", width=128, depth=3))
-    drift: DriftConfig = field(default_factory=lambda: make_drift_config("reference"))
+    drift: DriftConfig = field(default_factory=lambda: make_drift_config("toy", temperatures=(0.2,)))
     friction: FrictionConfig = field(default_factory=FrictionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 2000
+    steps: int = 1000
     batch_size: int = 1024
     pos_batch_size: int | None = None
-    eval_every: int = 500
+    eval_every: int = 250
     eval_samples: int = 50_000
     eval_kid: bool = False
     seed: int = 0
@@ -88,8 +88,13 @@ class TrainConfig:
         return self.pos_batch_size or self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (lists for tuples): the YAML written beside every run."""
-        return _plain(asdict(self))
+        """Plain nested dict (lists for tuples): the YAML written beside every run.
+
+        Derived keys (``model.dim``) are left out so the dict loads back as a config.
+        """
+        out = _plain(asdict(self))
+        del out["model"]["dim"]
+        return out
 
 
 def _plain(value: Any) -> Any:

@@ -118,6 +118,7 @@ class DriftConfig:
 
 
 # Presets are data. `reference` is the authors' released algorithm (REFERENCE 1, items 1-6);
+# `toy` their 2-D notebook (item 7);
 # `paper` is the DMF paper's eq. (1)-(4): row normalisation, Laplace kernel, one bandwidth,
 # no distance or drift normalisation.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -129,6 +130,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         drift_norm=True,
         self_negatives=True,
         affinity_floor=1e-6,
+    ),
+    # The released 2-D toy notebook (REFERENCE 1, item 7): k / sqrt(row_sum * col_sum) with no
+    # floor, one temperature, no distance or drift normalisation.
+    "toy": dict(
+        kernel="laplace",
+        temperatures=(0.05,),
+        normalization="bidirectional",
+        distance_norm=False,
+        drift_norm=False,
+        self_negatives=True,
+        affinity_floor=0.0,
     ),
     "paper": dict(
         kernel="laplace",
@@ -187,7 +199,7 @@ def compute_drift(
     """Drift V for generated samples ``gen`` (B, D) against positives ``pos`` (M, D).
 
     ``neg`` (K, D) are extra fixed negatives; the generated batch is always a negative set too
-    unless ``self_negatives=False``. ``preset`` is ``"reference"`` or ``"paper"``; keyword
+    unless ``self_negatives=False``. ``preset`` is ``"reference"``, ``"toy"`` or ``"paper"``; keyword
     options (see DriftConfig) override it. Returns V (B, D) float32 in input coordinates.
     """
     return drift_field(gen, pos, neg, make_drift_config(preset, **options)).drift

@@ -1,0 +1,101 @@
+"""PNG figures people would rather look at than read: samples vs target, metric curves.
+
+Why a module of its own: the trainer, the reproductions and the sweep tracker all draw the same
+pictures. Everything renders with matplotlib's Agg backend (no display) and returns the path.
+Latents wider than two dimensions are shown in the plane of the target's first two principal
+components, so a 512-d translation gets the same picture as the 2-D toy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+_MAX_POINTS = 4000
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def project_2d(target: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarray], tuple[str, str]]:
+    """Coordinates in 2-D: identity for 2-D data, else the target's top-2 principal components."""
+    if target.shape[1] == 2:
+        return [target, *others], ("x1", "x2")
+    mean = target.mean(0)
+    _, _, vt = np.linalg.svd(target - mean, full_matrices=False)
+    basis = vt[:2].T
+    return [(a - mean) @ basis for a in (target, *others)], ("PC1 (target)", "PC2 (target)")
+
+
+def plot_samples(
+    generated: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    path: str | Path,
+    source: torch.Tensor | np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Scatter of generated samples over target samples (and the source, if given)."""
+    return plot_sample_panels({title or "generated vs target": (generated, target, source)}, path)
+
+
+def plot_sample_panels(
+    panels: dict[str, tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray, torch.Tensor | np.ndarray | None]],
+    path: str | Path,
+) -> Path:
+    """One scatter panel per title: (generated, target, optional source), side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    for ax, (title, (generated, target, source)) in zip(axes[0], panels.items()):
+        gen, tgt = _as_numpy(generated)[:_MAX_POINTS], _as_numpy(target)[:_MAX_POINTS]
+        extra = [] if source is None else [_as_numpy(source)[:_MAX_POINTS]]
+        (tgt2, gen2, *src2), labels = project_2d(tgt, gen, *extra)
+        if src2:
+            ax.scatter(src2[0][:, 0], src2[0][:, 1], s=2, alpha=0.25, c="tab:gray", label="source")
+        ax.scatter(tgt2[:, 0], tgt2[:, 1], s=2, alpha=0.3, c="tab:blue", label="target")
+        ax.scatter(gen2[:, 0], gen2[:, 1], s=2, alpha=0.3, c="tab:orange", label="generated")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        ax.set_title(title)
+        ax.legend(markerscale=5, loc="best")
+        ax.set_aspect("equal", adjustable="datalim")
+    return _save(fig, path)
+
+
+def plot_curves(
+    history: Sequence[dict[str, float]], keys: Sequence[str], path: str | Path, title: str = "", overlay: bool = False
+) -> Path:
+    """Metric keys over the evaluation steps: one log-scale panel per key, or all on one (overlay)."""
+    keys = [k for k in keys if any(k in h for h in history)]
+    panels = 1 if overlay else max(1, len(keys))
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels + (1.5 if overlay else 0), 3.4), squeeze=False)
+    for i, key in enumerate(keys):
+        ax = axes[0][0 if overlay else i]
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        steps, values = zip(*pts) if pts else ((), ())
+        ax.plot(steps, values, marker="o", ms=3, label=key)
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title if overlay else key)
+        ax.grid(True, alpha=0.3)
+    if overlay:
+        axes[0][0].legend()
+    elif title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
