@@ -49,7 +49,7 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def measure(b: int, m: int, d: int, n_temps: int, impl: str) -> dict:
+def measure(b: int, m: int, d: int, n_temps: int, impl: str, chunk: int | None = None) -> dict:
     """Run in a subprocess: time and peak extra memory of one implementation."""
     import torch
 
@@ -62,7 +62,7 @@ def measure(b: int, m: int, d: int, n_temps: int, impl: str) -> dict:
     pos = torch.randn(m, d, generator=g) + 0.5
     temps = TEMPS[:n_temps]
     if impl == "ours":
-        fn = lambda: compute_drift(gen, pos, preset="reference", temperatures=temps)  # noqa: E731
+        fn = lambda: compute_drift(gen, pos, preset="reference", temperatures=temps, chunk_size=chunk)  # noqa: E731
     else:
         fn = lambda: naive_reference_drift(gen, pos, temperatures=temps)  # noqa: E731
     before = _rss_mib()
@@ -71,8 +71,8 @@ def measure(b: int, m: int, d: int, n_temps: int, impl: str) -> dict:
     return {"seconds": seconds, "peak_extra_mib": _rss_mib() - before}
 
 
-def _run_child(b: int, m: int, d: int, t: int, impl: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps([b, m, d, t, impl])]
+def _run_child(b: int, m: int, d: int, t: int, impl: str, chunk: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps([b, m, d, t, impl, chunk])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -89,17 +89,20 @@ def matmul_gflops() -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--large", action="store_true", help="add the B = M = 16384, D = 512 row")
+    p.add_argument("--chunks", type=int, nargs="*", help="only: peak memory of B = M = 8192, D = 512 per chunk size")
     p.add_argument("--child")
     args = p.parse_args()
     if args.child:
-        b, m, d, t, impl = json.loads(args.child)
-        print(json.dumps(measure(b, m, d, t, impl)))
+        print(json.dumps(measure(*json.loads(args.child))))
         return
     import torch
 
     peak = matmul_gflops()
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, fp32 matmul {peak:.0f} GFLOP/s")
+    if args.chunks:
+        chunk_table(args.chunks)
+        return
     header = "| B | M | D | T | ours s | ours GFLOP/s | % of matmul | ours extra MiB | naive s | naive extra MiB | speed-up |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
@@ -114,6 +117,18 @@ def main() -> None:
             naive_cols = "skipped (needs > 8 GB) | – | –"
         print(f"| {b} | {m} | {d} | {t} | {ours['seconds']:.3f} | {gflops:.1f} | {100 * gflops / peak:.0f}% | "
               f"{ours['peak_extra_mib']:.0f} | {naive_cols} |", flush=True)
+
+
+def chunk_table(chunks: list[int]) -> None:
+    """Peak extra memory follows the chunk size, not B x N (B = M = 8192, D = 512, 3 temperatures)."""
+    b = m = 8192
+    n = b + m
+    print("| B = M | D | T | chunk rows | bound 4*chunk*N*(T+2) MiB | measured extra MiB | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for chunk in chunks:
+        r = _run_child(b, m, 512, 3, "ours", chunk)
+        bound = 4 * chunk * n * 5 / 2**20
+        print(f"| {b} | 512 | 3 | {chunk} | {bound:.0f} | {r['peak_extra_mib']:.0f} | {r['seconds']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 1024
     pos_batch_size: int | None = None
-    eval_every: int = 250
+    eval_every: int = 100
     eval_samples: int = 50_000
     eval_kid: bool = False
     seed: int = 0

@@ -188,6 +188,7 @@ def train(
     torch.set_flush_denormal(True)
     state = state or build_state(cfg, data)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train", dynamic_ncols=True)
+    shown: dict[str, str] = {}
     with bar:
         while state.step < cfg.steps:
             stats = train_step(state, cfg, data, gather)
@@ -197,7 +198,8 @@ def train(
                 loss = stats.loss.item()  # the only per-interval host sync
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"loss is {loss} at step {state.step}")
-                bar.set_postfix(loss=f"{loss:.4g}", gamma=f"{stats.gamma:.3f}")
+                shown.update(loss=f"{loss:.4g}", gamma=f"{stats.gamma:.3f}")
+                bar.set_postfix(shown)
             if at_eval:
                 record = {
                     "step": float(state.step),
@@ -208,7 +210,8 @@ def train(
                     **evaluate(state.model, data, cfg),
                 }
                 state.history.append(record)
-                bar.set_postfix(loss=f"{loss:.4g}", fd=f"{record['fd']:.4g}", gamma=f"{stats.gamma:.3f}")
+                shown["fd"] = f"{record['fd']:.4g}"
+                bar.set_postfix(shown)
                 if on_eval is not None:
                     on_eval(state, record)
     return state

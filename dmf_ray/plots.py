@@ -80,7 +80,7 @@ def plot_curves(
         pts = [(h["step"], h[key]) for h in history if key in h]
         steps, values = zip(*pts) if pts else ((), ())
         ax.plot(steps, values, marker="o", ms=3, label=key)
-        if values and min(values) > 0:
+        if values and min(values) > 0 and max(values) > 20 * min(values):  # log only across decades
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title if overlay else key)

@@ -16,6 +16,7 @@ def _weights(state) -> list[torch.Tensor]:
     return [p.detach().clone() for p in state.model.parameters()]
 
 
+@pytest.mark.slow
 def test_short_toy_run_improves_fd_tenfold() -> None:
     cfg = load_train_config(None, {"steps": 300, "eval_every": 300, "batch_size": 256, "eval_samples": 5000,
                                    "data.n_train": 20000, "data.n_test": 5000})

@@ -83,6 +83,7 @@ def test_non_empty_output_folder_is_refused(tmp_path, capsys) -> None:
     assert "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point_has_no_traceback_on_bad_input(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "dmf_ray.train", "--steps", "1", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
