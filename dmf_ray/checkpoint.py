@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dmf_ray.config import TrainConfig, train_config_from_dict
-from dmf_ray.engine import TrainState
+from dmf_ray.engine import TrainState, unwrap_model
 from dmf_ray.errors import DataError
 
 FORMAT_VERSION = "1"
@@ -38,7 +38,7 @@ def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {
-        f"model.{k}": v.detach().cpu().contiguous() for k, v in state.model.state_dict().items()
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in unwrap_model(state.model).state_dict().items()
     }
     optim = state.optimizer.state_dict()
     for idx, entry in optim["state"].items():
@@ -95,7 +95,7 @@ def restore_state(state: TrainState, path: str | Path) -> TrainState:
     device = next(state.model.parameters()).device
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        state.model.load_state_dict(model_sd, strict=True)
+        unwrap_model(state.model).load_state_dict(model_sd, strict=True)
     except RuntimeError as exc:
         raise DataError(path, f"weights do not match the model config ({str(exc).splitlines()[0]})") from None
     optim_state: dict[int, dict[str, torch.Tensor]] = {}

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from dmf_ray import metrics
 from dmf_ray.config import OptimConfig, TrainConfig
-from dmf_ray.data.base import TranslationData
+from dmf_ray.data.base import TranslationData, stream_generator
 from dmf_ray.drift import drift_field
 from dmf_ray.errors import TrainingDiverged
 from dmf_ray.friction import VelocityBuffer, apply_friction, gamma
@@ -33,6 +33,7 @@ from dmf_ray.models import GeneratorConfig, build_generator
 
 _EVAL_BATCH = 8192
 _LOG_EVERY = 50
+_RANK_STREAM = 1000  # batch-sampling streams of ranks > 0, clear of the data streams
 
 
 class Gather(Protocol):
@@ -59,27 +60,32 @@ class StepStats:
     """Per-step diagnostics, left on the device (no host sync)."""
 
     loss: Tensor
-    drift_rms: Tensor
+    drift: Tensor  # this process's rows of the drift V, before friction
     gamma: float
 
-
-def generator_config(cfg: TrainConfig, data: TranslationData) -> GeneratorConfig:
-    """The model section with its data dimension filled in."""
-    noise_dim = cfg.model.noise_dim if cfg.model.kind == "noise" else None
-    return replace(cfg.model, dim=data.dim, noise_dim=noise_dim if noise_dim is not None else None)
+    @property
+    def drift_rms(self) -> Tensor:
+        return self.drift.square().mean().sqrt()
 
 
-def build_state(cfg: TrainConfig, data: TranslationData) -> TrainState:
+def generator_config(cfg: TrainConfig, dim: int) -> GeneratorConfig:
+    """The model section with the data dimension filled in (a residual map has no noise_dim)."""
+    return replace(cfg.model, dim=dim, noise_dim=cfg.model.noise_dim if cfg.model.kind == "noise" else None)
+
+
+def build_state(cfg: TrainConfig, data: TranslationData, rank: int = 0) -> TrainState:
     """Fresh model, optimiser, LR schedule, sampling RNG and (second/hybrid order) velocities.
 
-    Seeding torch before building the model makes initial weights a function of ``cfg.seed``.
+    Seeding torch before building the model makes initial weights a function of ``cfg.seed``
+    alone, identical on every data-parallel rank; each rank draws its batches from its own
+    stream (rank 0 keeps the single-process stream).
     """
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    model = build_generator(generator_config(cfg, data)).to(device)
+    model = build_generator(generator_config(cfg, data.dim)).to(device)
     optimizer = _make_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim, cfg.steps))
-    rng = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed) if rank == 0 else stream_generator(cfg.seed, _RANK_STREAM + rank)
     velocity = None
     if cfg.friction.order != "first":
         velocity = VelocityBuffer(data.train_source.shape[0], data.dim, device=device)
@@ -140,7 +146,7 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
     state.optimizer.step()
     state.scheduler.step()
     state.step += 1
-    return StepStats(loss=loss.detach(), drift_rms=drift.square().mean().sqrt(), gamma=g)
+    return StepStats(loss=loss.detach(), drift=drift, gamma=g)
 
 
 @torch.no_grad()
@@ -152,6 +158,11 @@ def translate(model: nn.Module, x: Tensor, device: torch.device | str = "cpu", b
     return torch.cat(out)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The generator inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def evaluate(model: nn.Module, data: TranslationData, cfg: TrainConfig) -> dict[str, float]:
     """Held-out scores: FD (and KID) to the target, transport cost, L2-UVP where the OT map is known.
 
@@ -159,7 +170,7 @@ def evaluate(model: nn.Module, data: TranslationData, cfg: TrainConfig) -> dict[
     """
     n = min(cfg.eval_samples, data.test_source.shape[0])
     source = data.test_source[:n]
-    mapped = translate(model, source, cfg.device)
+    mapped = translate(unwrap_model(model), source, cfg.device)
     if not torch.isfinite(mapped).all():
         raise TrainingDiverged("generator produced non-finite samples")
     target = data.test_target[: cfg.eval_samples]
@@ -177,11 +188,14 @@ def train(
     on_eval: EvalCallback | None = None,
     gather: Gather | None = None,
     progress: bool = True,
+    score: bool = True,
 ) -> TrainState:
     """Run (or continue) training to ``cfg.steps``; evaluate every ``cfg.eval_every`` steps.
 
     Each evaluation appends ``{step, loss, gamma, lr, <metrics>}`` to ``state.history`` and calls
-    ``on_eval(state, record)``. A non-finite loss or sample ends training with TrainingDiverged.
+    ``on_eval(state, record)``; with ``score=False`` (data-parallel ranks other than 0) the
+    held-out metrics are skipped but the callback still runs, so every rank reports in step.
+    A non-finite loss or sample ends training with TrainingDiverged.
     """
     # exp(-d / tau) underflows for distant pairs; denormal arithmetic is many times slower on
     # x86 and changes nothing at float32 resolution of the sums, so flush it to zero.
@@ -207,10 +221,11 @@ def train(
                     "drift_rms": stats.drift_rms.item(),
                     "gamma": stats.gamma,
                     "lr": state.scheduler.get_last_lr()[0],
-                    **evaluate(state.model, data, cfg),
+                    **(evaluate(state.model, data, cfg) if score else {}),
                 }
                 state.history.append(record)
-                shown["fd"] = f"{record['fd']:.4g}"
+                if score:
+                    shown["fd"] = f"{record['fd']:.4g}"
                 bar.set_postfix(shown)
                 if on_eval is not None:
                     on_eval(state, record)

@@ -136,7 +136,7 @@ class RunWriter:
         plot_curves(state.history, CURVE_KEYS, self.out / "plots" / "metrics.png", title=self.cfg.data.name)
 
     def finish(self, state: TrainState) -> dict[str, float]:
-        save_generator(state.model, generator_config(self.cfg, self.data), self.out / "generator.safetensors")
+        save_generator(state.model, generator_config(self.cfg, self.data.dim), self.out / "generator.safetensors")
         final = dict(state.history[-1])
         (self.out / "metrics.json").write_text(json.dumps(final, indent=1))
         n = min(4000, self.data.test_source.shape[0])

@@ -1,0 +1,94 @@
+"""The Ray Train data-parallel wrapper around :mod:`dmf_ray.engine`.
+
+Why a wrapper and not a second trainer: each TorchTrainer worker runs the very same
+``engine.train`` loop. Two things change:
+
+* the drift needs the whole generated batch (column softmax, repulsion), so the step's
+  ``gather`` hook all-gathers generated samples and positives; every worker computes the drift
+  of the global batch and keeps its own rows. N workers with per-worker batch b therefore
+  compute exactly the drift of one process with batch N*b, and DDP averages the gradients of
+  the local rows (equal batch sizes make that the global mean);
+* rank 0 scores the model and reports metrics with a safetensors checkpoint at every
+  evaluation; the other ranks report empty metrics so ``ray.train.report`` stays in step. A
+  restarted worker group resumes from the latest reported checkpoint.
+
+``cfg.batch_size`` is the per-worker batch. A run that diverges reports ``diverged`` with its
+reason once and stops; the caller decides what that means for a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dmf_ray.checkpoint import restore_state, save_checkpoint
+from dmf_ray.config import TrainConfig, train_config_from_dict
+from dmf_ray.data.base import load_dataset
+from dmf_ray.engine import TrainState, build_state, generator_config, train, unwrap_model
+from dmf_ray.errors import TrainingDiverged
+from dmf_ray.models import save_generator
+
+CHECKPOINT_FILE = "state.safetensors"
+GENERATOR_FILE = "generator.safetensors"
+HISTORY_FILE = "history.json"
+SCORE_KEYS = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "drift_rms", "gamma", "lr")
+
+
+def all_gather_rows(local: Tensor) -> tuple[Tensor, slice]:
+    """All ranks' rows stacked in rank order, and the slice of this rank's rows.
+
+    Every rank must pass the same number of rows (equal per-worker batches). Gathered tensors
+    are detached: only the local rows carry gradients, through the loss.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local.contiguous())
+    rows = local.shape[0]
+    return torch.cat(parts), slice(rank * rows, (rank + 1) * rows)
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """The per-worker training function of ``TorchTrainer`` (config: ``{"train": <TrainConfig dict>}``)."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    cfg = replace(train_config_from_dict(loop_config["train"]), device=str(device))
+    data = load_dataset(cfg.data)
+    state = build_state(cfg, data, rank=rank)
+    resume_from = ray.train.get_checkpoint()
+    if resume_from is not None:
+        with resume_from.as_directory() as folder:
+            restore_state(state, Path(folder) / CHECKPOINT_FILE)
+    if world > 1:
+        state.model = ray.train.torch.prepare_model(state.model)
+
+    def report(state: TrainState, record: dict[str, float]) -> None:
+        if rank != 0:
+            ray.train.report({})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            write_checkpoint_folder(Path(folder), state, cfg, data.dim)
+            metrics = {k: v for k, v in record.items() if k in SCORE_KEYS}
+            ray.train.report({"step": state.step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    try:
+        train(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None,
+              progress=False, score=rank == 0)
+    except TrainingDiverged as exc:
+        ray.train.report({"step": state.step, "diverged": 1.0, "reason": str(exc)} if rank == 0 else {})
+
+
+def write_checkpoint_folder(folder: Path, state: TrainState, cfg: TrainConfig, dim: int) -> None:
+    """Full training state, the bare generator weights and the metric history in one folder."""
+    save_checkpoint(folder / CHECKPOINT_FILE, state, cfg)
+    save_generator(unwrap_model(state.model), generator_config(cfg, dim), folder / GENERATOR_FILE)
+    (folder / HISTORY_FILE).write_text(json.dumps(state.history))
