@@ -1,0 +1,291 @@
+"""Search-space files: loading, validation errors, define-by-run conditions, encoding, Tune objects.
+
+No Ray cluster is started: OptunaSearch and ASHAScheduler are plain objects until a Tuner runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+
+from dmf_ray.config import load_train_config
+from dmf_ray.errors import ConfigError, DataError
+from dmf_ray.search_space import (
+    SearchSpec,
+    decode_choice,
+    define_by_run,
+    encode_choice,
+    load_search_space,
+    make_scheduler,
+    make_searcher,
+    search_space_from_dict,
+    trial_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = REPO / "search_spaces"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def valid_raw() -> dict[str, Any]:
+    """A small valid spec that every invalid case below breaks in one place."""
+    return {
+        "metric": "fd",
+        "mode": "min",
+        "num_samples": 4,
+        "max_concurrent": 2,
+        "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2},
+        "scheduler": {"type": "asha", "grace_period": 30, "reduction_factor": 2},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+        "fixed": {"steps": 100, "eval_every": 10},
+        "params": {
+            "friction.schedule": {"type": "categorical", "choices": ["linear", "power"]},
+            "friction.power": {
+                "type": "float", "low": 0.5, "high": 3.0, "log": True, "when": {"friction.schedule": "power"},
+            },
+            "drift.temperatures": {"type": "categorical", "choices": [[0.05], [0.05, 0.2]]},
+            "batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
+        },
+    }
+
+
+def test_valid_raw_loads_with_resolved_scheduler() -> None:
+    spec = search_space_from_dict(valid_raw())
+    assert isinstance(spec, SearchSpec)
+    assert [p.name for p in spec.params] == ["friction.schedule", "friction.power", "drift.temperatures", "batch_size"]
+    assert spec.scheduler.max_t == 100  # defaults to fixed steps
+    assert spec.param("friction.power").when == {"friction.schedule": ("power",)}
+
+
+@pytest.mark.parametrize("name", ["friction", "kernel", "full"])
+def test_shipped_spaces_load(name: str) -> None:
+    spec = load_search_space(SPACES / f"{name}.yaml")
+    assert spec.metric == "fd" and spec.mode == "min"
+    assert spec.scheduler.type == "asha" and spec.scheduler.grace_period < spec.scheduler.max_t
+    assert spec.params
+
+
+def test_friction_defaults_are_cheap() -> None:
+    spec = load_search_space(SPACES / "friction.yaml")
+    cfg = load_train_config(None, spec.fixed)
+    assert cfg.data.name == "toy" and 600 <= cfg.steps <= 1000 and cfg.eval_every == 100
+    assert cfg.batch_size == 512 and cfg.model.width == 128
+    assert (spec.num_samples, spec.max_concurrent) == (6, 2)
+    assert (spec.resources.workers, spec.resources.cpus_per_worker) == (1, 1)
+    assert spec.scheduler.grace_period == 300 and spec.scheduler.max_t == cfg.steps
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    """Mutation setting raw[a][b]... = value for path "a/b" (param names hold dots, so "/" splits)."""
+
+    def apply(raw: dict) -> None:
+        parts = path.split("/")
+        node = raw
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+
+    return apply
+
+
+def _delete(path: str) -> Callable[[dict], None]:
+    def apply(raw: dict) -> None:
+        parts = path.split("/")
+        node = raw
+        for part in parts[:-1]:
+            node = node[part]
+        del node[parts[-1]]
+
+    return apply
+
+
+def _add_param(name: str, body: dict) -> Callable[[dict], None]:
+    def apply(raw: dict) -> None:
+        raw["params"][name] = body
+
+    return apply
+
+
+INVALID: list[tuple[str, Callable[[dict], None], str, str]] = [
+    # (id, mutation, expected field, text the message must contain)
+    ("unknown top-level key", _set("metrc", "fd"), "metrc", "unknown key"),
+    ("unknown param key", _set("params/friction.power/lo", 0.1), "params.friction.power.lo", "unknown key"),
+    ("unknown sampler key", _set("sampler/n_startup", 3), "sampler.n_startup", "unknown key"),
+    ("unknown scheduler key", _set("scheduler/grace", 3), "scheduler.grace", "unknown key"),
+    ("wrong type num_samples", _set("num_samples", "8"), "num_samples", "integer"),
+    ("wrong type bound", _set("params/friction.power/high", "1e-4"), "params.friction.power.high", "1.0e-4"),
+    ("low >= high", _set("params/friction.power/low", 3.0), "params.friction.power.low", "< high"),
+    ("log with low <= 0", _set("params/friction.power/low", 0.0), "params.friction.power.low", "log"),
+    ("tau <= 0 in choices", _set("params/drift.temperatures/choices", [[0.0]]),
+     "params.drift.temperatures.choices", "drift.temperatures"),
+    ("empty temperature list", _set("params/drift.temperatures/choices", [[]]),
+     "params.drift.temperatures.choices", "drift.temperatures: must not be empty"),
+    ("empty choices", _set("params/drift.temperatures/choices", []), "params.drift.temperatures.choices", "empty"),
+    ("schedule param out of domain",
+     _add_param("friction.midpoint", {"type": "float", "low": 0.5, "high": 1.5}),
+     "params.friction.midpoint.high", "friction.midpoint"),
+    ("schedule choice misspelt", _set("params/friction.schedule/choices", ["linear", "power", "linearr"]),
+     "params.friction.schedule.choices", "friction.schedule"),
+    ("unknown config key", _add_param("friction.powr", {"type": "float", "low": 1.0, "high": 2.0}),
+     "params.friction.powr", "friction.powr"),
+    ("section as key", _add_param("drift", {"type": "categorical", "choices": [{}]}), "params.drift", "section"),
+    ("workers < 1", _set("resources/workers", 0), "resources.workers", ">= 1"),
+    ("when unknown param", _set("params/friction.power/when", {"friction.shape": "power"}),
+     "params.friction.power.when", "friction.shape"),
+    ("when refers to later param", _set("params/friction.power/when", {"batch_size": 64}),
+     "params.friction.power.when", "batch_size"),
+    ("when value not a choice", _set("params/friction.power/when", {"friction.schedule": "cosine"}),
+     "params.friction.power.when", "cosine"),
+    ("fixed value rejected", _set("fixed/steps", 1), "fixed.steps", "steps: must be >= 2"),
+    ("fixed unknown key", _set("fixed/optim.learning_rate", 0.1), "fixed.optim.learning_rate", "unknown"),
+    ("param also fixed", _set("fixed/batch_size", 128), "params.batch_size", "fixed"),
+    ("grace >= max_t", _set("scheduler/grace_period", 100), "scheduler.grace_period", "max_t"),
+    ("sampler type", _set("sampler/type", "cmaes"), "sampler.type", "tpe"),
+    ("random sampler has no startup", _set("sampler", {"type": "random", "n_startup_trials": 3}),
+     "sampler.n_startup_trials", "unknown key"),
+    ("metric unknown", _set("metric", "accuracy"), "metric", "fd"),
+    ("kid without eval_kid", _set("metric", "kid"), "metric", "eval_kid"),
+    ("mode", _set("mode", "minimise"), "mode", "min"),
+    ("num_samples < 1", _set("num_samples", 0), "num_samples", ">= 1"),
+    ("max_concurrent < 1", _set("max_concurrent", 0), "max_concurrent", ">= 1"),
+    ("int step off grid", _set("params/batch_size/high", 250), "params.batch_size.high", "multiple"),
+    ("params missing", _delete("params"), "params", "required"),
+    ("param type missing", _delete("params/batch_size/type"), "params.batch_size.type", "required"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "field", "text"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_specs_name_the_key(mutate: Callable[[dict], None], field: str, text: str) -> None:
+    raw = valid_raw()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        search_space_from_dict(raw, source="case.yaml")
+    assert info.value.field == field, str(info.value)
+    message = str(info.value)
+    assert message.startswith(f"{field}: ") and text in message and "(in case.yaml)" in message
+
+
+def test_malformed_or_missing_yaml_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: {friction.schedule: [linear\n")
+    with pytest.raises(DataError, match="bad.yaml: malformed YAML"):
+        load_search_space(bad)
+    with pytest.raises(DataError, match="missing.yaml"):
+        load_search_space(tmp_path / "missing.yaml")
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("params:\n  friction.schedule: {type: categorical, choices: [linearr]}\n")
+    with pytest.raises(ConfigError, match=r"^params\.friction\.schedule\.choices: .*typo\.yaml"):
+        load_search_space(path)
+
+
+def test_define_by_run_respects_when_over_many_asks() -> None:
+    spec = load_search_space(SPACES / "friction.yaml")
+    space = define_by_run(spec)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
+    conditional = {
+        "friction.power": {"power"},
+        "friction.midpoint": {"sigmoid"},
+        "friction.steepness": {"sigmoid"},
+        "friction.breakpoints": {"step"},
+        "friction.levels": {"step"},
+        "friction.warmup": {"warmup_linear"},
+    }
+    seen = set()
+    for i in range(30):
+        trial = study.ask()
+        constants = space(trial)
+        assert constants == spec.fixed and constants is not spec.fixed
+        params = trial.params
+        schedule = params["friction.schedule"]
+        seen.add(schedule)
+        for name, schedules in conditional.items():
+            assert (name in params) == (schedule in schedules), (name, params)
+        assert "friction.order" in params
+        cfg = load_train_config(None, trial_overrides({**params, **constants}))
+        assert cfg.friction.schedule == schedule
+        study.tell(trial, float(i % 7))
+    assert {"power", "sigmoid", "step"} <= seen
+
+
+def test_list_choices_round_trip_into_train_config() -> None:
+    spec = load_search_space(SPACES / "kernel.yaml")
+    space = define_by_run(spec)
+    choices = spec.param("drift.temperatures").choices
+    assert any(len(c) > 1 for c in choices)
+    for choice in choices:
+        encoded = encode_choice(choice)
+        assert isinstance(encoded, str) and decode_choice(encoded) == choice
+        trial = optuna.trial.FixedTrial(
+            {"drift.kernel": "gaussian", "drift.temperatures": encoded, "drift.normalization": "row",
+             "drift.distance_norm": True, "drift.drift_norm": True}
+        )
+        constants = space(trial)
+        config = {**trial.params, **constants}
+        assert ("drift.drift_norm" in trial.params) == (len(choice) > 1)
+        cfg = load_train_config(None, trial_overrides(config))
+        assert cfg.drift.temperatures == tuple(choice)
+        assert cfg.drift.kernel == "gaussian" and cfg.steps == spec.fixed["steps"]
+    # Scalars pass through unchanged; trial_overrides does not touch its input.
+    config = {"friction.order": "second", "drift.temperatures": encode_choice([0.05, 0.2])}
+    before = copy.deepcopy(config)
+    assert trial_overrides(config) == {"friction.order": "second", "drift.temperatures": [0.05, 0.2]}
+    assert config == before
+
+
+def test_make_searcher_and_scheduler() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = load_search_space(SPACES / "friction.yaml")
+    searcher = make_searcher(spec)
+    assert isinstance(searcher, OptunaSearch)
+    assert (searcher.metric, searcher.mode) == ("fd", "min")
+    assert isinstance(searcher._sampler, optuna.samplers.TPESampler)
+    config = searcher.suggest("trial-1")
+    assert config["steps"] == spec.fixed["steps"] and "friction.schedule" in config
+    load_train_config(None, trial_overrides(config))
+
+    scheduler = make_scheduler(spec)
+    assert isinstance(scheduler, ASHAScheduler)
+    assert (scheduler.metric, scheduler._mode, scheduler._time_attr) == ("fd", "min", "step")
+    assert scheduler._max_t == spec.fixed["steps"]
+    assert sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs) == [300, 600]
+
+    raw = valid_raw()
+    raw.update(metric="transport_cost", mode="max", sampler={"type": "random", "seed": 3}, scheduler={"type": "none"})
+    other = search_space_from_dict(raw)
+    assert make_scheduler(other) is None
+    searcher = make_searcher(other)
+    assert (searcher.metric, searcher.mode) == ("transport_cost", "max")
+    assert isinstance(searcher._sampler, optuna.samplers.RandomSampler)
+
+
+def test_when_forms_for_list_and_numeric_params() -> None:
+    raw = valid_raw()
+    raw["params"] = {
+        "drift.temperatures": {"type": "categorical", "choices": [[0.05], [0.2], [0.05, 0.2]]},
+        "drift.drift_norm": {"type": "categorical", "choices": [False, True], "when": {"drift.temperatures": [0.05, 0.2]}},
+        "drift.kernel": {"type": "categorical", "choices": ["laplace", "gaussian"],
+                         "when": {"drift.temperatures": [[0.05], [0.2]]}},
+        "batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
+        "optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True, "when": {"batch_size": [64, 128]}},
+    }
+    spec = search_space_from_dict(raw)
+    norm, kernel, lr = spec.param("drift.drift_norm"), spec.param("drift.kernel"), spec.param("optim.lr")
+    assert norm.when == {"drift.temperatures": ([0.05, 0.2],)}  # one choice, not "0.05 or 0.2"
+    assert kernel.when == {"drift.temperatures": ([0.05], [0.2])}  # any of two choices
+    assert norm.is_active({"drift.temperatures": (0.05, 0.2)}) and not norm.is_active({"drift.temperatures": [0.2]})
+    assert kernel.is_active({"drift.temperatures": [0.2]}) and not kernel.is_active({})
+    assert lr.is_active({"batch_size": 128}) and not lr.is_active({"batch_size": 192})
+
+    raw["params"]["optim.lr"]["when"] = {"batch_size": [64, 100]}
+    with pytest.raises(ConfigError, match=r"^params\.optim\.lr\.when: batch_size: 100"):
+        search_space_from_dict(raw)
