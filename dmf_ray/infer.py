@@ -1,0 +1,162 @@
+"""``python -m dmf_ray.infer``: translate an .npy array with a trained generator.
+
+    python -m dmf_ray.infer --model models:/dmf-ffhq-adult2child@champion \\
+        --input adults.npy --output children.npy [--tracking-uri sqlite:///runs/mlflow.db]
+
+``--model`` is anything :func:`dmf_ray.inference.load_model` accepts (``models:/NAME@alias``,
+``models:/NAME/VERSION``, ``runs:/...``, a logged model folder, a run folder or a
+``generator.safetensors`` file). The input must be a 2-D float array (float16/32/64) stored
+without pickle, as wide as the model's input, with finite values; the output is float32.
+Bad input exits 2 with one line on stderr naming the file or field and writes nothing; the
+output appears (atomically: temp file + rename) only after a successful translation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dmf_ray.errors import ConfigError, DataError, UserInputError
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"arguments: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="python -m dmf_ray.infer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a local path")
+    p.add_argument("--input", required=True, help=".npy file with a (N, dim) float array")
+    p.add_argument("--output", required=True, help=".npy file to write the (N, dim) float32 result to")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (sqlite:///..., http://..., or a .db file); "
+                   "default: MLFLOW_TRACKING_URI")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per forward pass (default 8192)")
+    return p
+
+
+def read_input(path: Path) -> np.ndarray:
+    """Load and validate a (N, d) float .npy array; DataError naming the file otherwise."""
+    if not path.is_file():
+        raise DataError(path, "no such file" if not path.exists() else "not a file")
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode=None)
+    except ValueError as exc:
+        text = str(exc)
+        if "pickle" in text.lower():
+            return _raise(path, "holds Python objects (pickled); expected a numeric .npy array")
+        return _raise(path, f"not a readable .npy array ({text.splitlines()[0] if text else 'truncated?'})")
+    except (OSError, EOFError) as exc:
+        return _raise(path, f"not a readable .npy array ({exc})")
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        return _raise(path, "is an .npz archive; expected a single .npy array")
+    if arr.ndim != 2:
+        return _raise(path, f"expected a 2-D (N, dim) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        return _raise(path, "has no rows")
+    if arr.dtype.kind != "f":
+        return _raise(path, f"expected a float array (float16/32/64), got dtype {arr.dtype}")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        return _raise(path, f"has non-finite values (NaN/inf) in {rows.size} row(s), first row {int(rows[0])}")
+    return arr
+
+
+def _raise(path: Path, problem: str) -> np.ndarray:
+    raise DataError(path, problem)
+
+
+def write_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save to a temp file next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _resolve_tracking_uri(value: str | None) -> str:
+    from dmf_ray.tracking import check_tracking_server, sqlite_path, tracking_uri_for
+
+    if value is None:
+        value = os.environ.get("MLFLOW_TRACKING_URI") or None
+        if value is None:
+            raise ConfigError(
+                "tracking_uri", "needed to resolve a models:/ or runs:/ URI; pass --tracking-uri or set MLFLOW_TRACKING_URI"
+            )
+    uri = tracking_uri_for(value, Path.cwd())
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        # Reading must not create an empty store (and MLflow's schema messages) somewhere.
+        raise ConfigError("tracking_uri", f"no MLflow database at {db}")
+    check_tracking_server(uri)
+    return uri
+
+
+def run(argv: Sequence[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise ConfigError("batch_size", f"must be >= 1, got {args.batch_size}")
+    in_path, out_path = Path(args.input), Path(args.output)
+    if out_path.is_dir():
+        raise DataError(out_path, "output is a folder; give a file name such as out.npy")
+    x = read_input(in_path)
+    is_uri = "://" in args.model or args.model.startswith(("models:", "runs:"))
+    tracking_uri = _resolve_tracking_uri(args.tracking_uri) if is_uri else None
+
+    from dmf_ray.inference import load_model
+
+    t0 = time.perf_counter()
+    translator = load_model(args.model, tracking_uri=tracking_uri)
+    if x.shape[1] != translator.dim:
+        raise DataError(in_path, f"has {x.shape[1]} columns but the model {args.model} expects dim {translator.dim}")
+    try:
+        y = translator.translate(x, batch_size=args.batch_size)
+    except ValueError as exc:  # e.g. float64 values beyond float32's range become inf
+        raise DataError(in_path, str(exc)) from None
+    write_atomic(out_path, y)
+    dt = time.perf_counter() - t0
+    return (
+        f"translated {y.shape[0]} rows ({x.shape[1]} -> {y.shape[1]} dims, {x.dtype} -> float32) "
+        f"with {args.model} into {out_path} in {dt:.2f} s"
+    )
+
+
+def _quiet_mlflow() -> None:
+    """Keep MLflow's INFO logs, progress bars and warnings off stderr (errors stay one line)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_mlflow()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = run(argv)
+    except UserInputError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
