@@ -1,0 +1,284 @@
+"""A DMF sweep: Optuna suggests, Tune schedules, each trial fits its own Ray Train run, MLflow records.
+
+Why this shape (REFERENCE 3, Ray 2.60 / Train V2): a Tune trial is a plain function that builds
+and fits a ``TorchTrainer`` over :func:`dmf_ray.distributed.worker_loop`; a ``TuneReportCallback``
+forwards rank 0's reports (metrics plus the checkpoint path) so ASHA and Optuna see every
+evaluation. MLflow is written only on the driver by :class:`MLflowSweepCallback` -- one parent
+run per sweep, one nested run per trial, get-or-create by id so a resumed sweep adds no
+duplicates -- because Train workers opening the same sqlite store race.
+
+At the end the best finished trial's generator is logged as an MLflow model and registered; the
+``champion`` alias moves only if it beats the current champion on the same dataset and metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray import tune
+from ray.train import CheckpointConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from dmf_ray.config import TrainConfig, load_train_config
+from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
+from dmf_ray.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
+from dmf_ray.engine import translate
+from dmf_ray.errors import TrainingDiverged
+from dmf_ray.models import load_generator
+from dmf_ray.registry import log_generator, register_if_champion
+from dmf_ray.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
+from dmf_ray.tracking import SweepTracker, figures_for_run
+
+# Each ray.train.report costs ~2 s at Train's default controller poll interval (REFERENCE 3).
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+TRIAL_CPU = 0.01  # the trial function only waits on its TorchTrainer; workers hold the CPUs
+TRAIN_RUNS = "train_runs"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep needs, resolved and validated by the CLI."""
+
+    spec: SearchSpec
+    base: dict[str, Any]  # dotted TrainConfig overrides shared by every trial (space 'fixed' + CLI)
+    name: str
+    storage_path: str
+    tracking_uri: str
+    experiment: str
+    model_name: str
+    dataset: str  # e.g. "toy" or "ffhq-alae/adult2child": champions compete only within one
+
+    @property
+    def sweep_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def trial_config(self, tune_config: dict[str, Any]) -> TrainConfig:
+        return load_train_config(None, {**self.base, **trial_overrides(tune_config)})
+
+
+def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
+    """One Tune trial: fit a data-parallel TorchTrainer on the trial's config.
+
+    A diverged run (NaN/inf) ends the trial as an error whose message is the reason.
+    """
+    cfg = plan.trial_config(tune_config)
+    res: ResourceSpec = plan.spec.resources
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"train": cfg.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=tune.get_context().get_trial_id(),
+            storage_path=f"{plan.sweep_dir}/{TRAIN_RUNS}",
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.metrics and result.metrics.get("diverged"):
+        raise TrainingDiverged(str(result.metrics.get("reason", "non-finite values")))
+
+
+class MLflowSweepCallback(tune.Callback):
+    """Mirrors the sweep into MLflow from the driver process.
+
+    Holds only plain settings when pickled with the experiment state (the MLflow client is
+    rebuilt on demand), so ``Tuner.restore`` works.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+        self._tracker: SweepTracker | None = None
+        self._runs: dict[str, str] = {}
+        self._data: dict[DataConfig, TranslationData] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"plan": self.plan}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["plan"])
+
+    @property
+    def tracker(self) -> SweepTracker:
+        if self._tracker is None:
+            self._tracker = open_tracker(self.plan)
+        return self._tracker
+
+    def run_id(self, trial: Any) -> str:
+        if trial.trial_id not in self._runs:
+            self._runs[trial.trial_id] = self.tracker.trial_run(trial.trial_id, trial_overrides(trial.config))
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "step" in result and not result.get("diverged"):
+            scores = {k: result[k] for k in SCORE_KEYS if k in result}
+            self.tracker.log_eval(self.run_id(trial), int(result["step"]), scores)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        last = trial.last_result or {}
+        cfg = self.plan.trial_config(trial.config)
+        step = int(last.get("step", 0))
+        self._log_trial_files(run_id, cfg, last.get("checkpoint_path"))
+        final = {k: last[k] for k in SCORE_KEYS if k in last}
+        if step >= cfg.steps:
+            self.tracker.finish_trial(run_id, "FINISHED", final)
+        else:
+            self.tracker.finish_trial(run_id, "KILLED", final, reason=f"stopped early by the scheduler at step {step}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.finish_trial(self.run_id(trial), "FAILED", reason=trial_error_reason(trial))
+
+    def _log_trial_files(self, run_id: str, cfg: TrainConfig, checkpoint_path: str | None) -> None:
+        self.tracker.log_config(run_id, cfg.to_dict())
+        if not checkpoint_path:
+            return
+        with ray.train.Checkpoint(checkpoint_path).as_directory() as folder:
+            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+            model, _ = load_generator(Path(folder) / GENERATOR_FILE)
+            data = self._dataset(cfg.data)
+            n = min(4000, data.test_source.shape[0])
+            samples = (translate(model, data.test_source[:n]), data.test_target[:n])
+            figures = figures_for_run(history, cfg.friction, cfg.steps, samples, Path(folder) / "plots")
+            self.tracker.log_figures(run_id, figures)
+
+    def _dataset(self, cfg: DataConfig) -> TranslationData:
+        if cfg not in self._data:
+            self._data = {cfg: load_dataset(cfg)}  # keep one: FFHQ latents are large
+        return self._data[cfg]
+
+
+def trial_error_reason(trial: Any) -> str:
+    """The last line of the trial's error (e.g. 'TrainingDiverged: loss is nan at step 120')."""
+    path = getattr(trial, "error_file", None) or ""
+    text = Path(path).read_text() if path and os.path.exists(path) else str(getattr(trial, "error_msg", "") or "")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    diverged = [ln for ln in lines if "TrainingDiverged" in ln]
+    return (diverged or lines or ["unknown error"])[-1][:500]
+
+
+def open_tracker(plan: SweepPlan) -> SweepTracker:
+    """The sweep's MLflow tracker with its parent run (re)opened."""
+    tracker = SweepTracker(plan.tracking_uri, plan.experiment)
+    tracker.start_sweep(plan.name, sweep_params(plan), tags={"dmf_ray.dataset": plan.dataset})
+    return tracker
+
+
+def sweep_params(plan: SweepPlan) -> dict[str, Any]:
+    spec = plan.spec
+    return {
+        "metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
+        "max_concurrent": spec.max_concurrent, "sampler": spec.sampler.type, "scheduler": spec.scheduler.type,
+        "workers": spec.resources.workers, "dataset": plan.dataset, **{f"fixed.{k}": v for k, v in plan.base.items()},
+    }
+
+
+def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
+    """A fresh Tuner, or the sweep's own restored from its storage folder."""
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPU})
+    if resume:
+        return tune.Tuner.restore(plan.sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    spec = plan.spec
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=plan.storage_path,
+            callbacks=[MLflowSweepCallback(plan)],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial_id: str
+    status: str
+    step: int
+    metric: float
+    params: dict[str, Any]
+    checkpoint_path: str | None
+
+
+def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
+    """All trials ranked by their last reported metric (failed ones last)."""
+    metric, sign = plan.spec.metric, (1.0 if plan.spec.mode == "min" else -1.0)
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        value = float(metrics.get(metric, math.nan))
+        rows.append(TrialRow(
+            trial_id=metrics.get("trial_id", str(result.path).rsplit("/", 1)[-1]),
+            status="ERROR" if result.error else "OK",
+            step=int(metrics.get("step", 0)),
+            metric=value,
+            params=trial_overrides(result.config or {}),
+            checkpoint_path=metrics.get("checkpoint_path"),
+        ))
+    return sorted(rows, key=lambda r: (r.status != "OK", math.isnan(r.metric), sign * (r.metric if not math.isnan(r.metric) else 0)))
+
+
+def summary_table(plan: SweepPlan, rows: list[TrialRow]) -> list[list[Any]]:
+    """Header + one row per trial: rank, id, status, step, metric, then every searched param."""
+    keys = sorted({k for r in rows for k in r.params})
+    header = ["rank", "trial_id", "status", "step", plan.spec.metric, *keys]
+    body = [[i + 1, r.trial_id, r.status, r.step, f"{r.metric:.6g}", *(r.params.get(k, "") for k in keys)]
+            for i, r in enumerate(rows)]
+    return [header, *body]
+
+
+def markdown(table: list[list[Any]]) -> str:
+    header, *body = table
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in body]) + "\n"
+
+
+def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple[Path, Path]:
+    """top_trials.csv and top_trials.md (all trials, ranked) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = summary_table(plan, rows)
+    csv_path, md_path = out_dir / "top_trials.csv", out_dir / "top_trials.md"
+    with csv_path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(table)
+    md_path.write_text(markdown(table))
+    return csv_path, md_path
+
+
+def register_best(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker) -> tuple[str, Any] | None:
+    """Log the best finished trial's generator to its MLflow run and offer it as champion."""
+    steps = load_train_config(None, plan.base).steps
+    best = next((r for r in rows if r.status == "OK" and r.step >= steps and r.checkpoint_path and math.isfinite(r.metric)), None)
+    if best is None:
+        return None
+    run_id = tracker.trial_run(best.trial_id, best.params)
+    with ray.train.Checkpoint(best.checkpoint_path).as_directory() as folder:
+        weights = Path(folder) / GENERATOR_FILE
+        _, gen_cfg = load_generator(weights)
+        model_uri = log_generator(plan.tracking_uri, run_id, weights, gen_cfg.dim)
+    outcome = register_if_champion(
+        plan.tracking_uri, model_uri, plan.model_name, plan.spec.metric, best.metric, plan.spec.mode, plan.dataset, plan.name
+    )
+    return model_uri, outcome

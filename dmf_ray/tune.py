@@ -1,0 +1,200 @@
+"""``python -m dmf_ray.tune --space FILE``: sweep DMF settings with Optuna on Ray Tune, tracked in MLflow.
+
+Thin CLI over :mod:`dmf_ray.sweep`: validate the space and every flag before Ray starts, run
+the sweep (Tune prints its trial table), then print the top trials (also written as CSV and
+markdown), the champion's model URI and the commands to browse MLflow and run inference.
+With only ``--space`` it runs on the embedded toy task with a local Ray and a sqlite MLflow
+store under ``runs/sweeps``. Bad input exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from dmf_ray.config import load_train_config
+from dmf_ray.errors import ConfigError, UserInputError
+from dmf_ray.registry import default_model_name
+from dmf_ray.search_space import SearchSpec, load_search_space
+from dmf_ray.tracking import check_tracking_server, tracking_uri_for
+
+DEFAULT_STORAGE = "runs/sweeps"
+DEFAULT_EXPERIMENT = "dmf-sweeps"
+TOP_SHOWN = 5
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"arguments: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="python -m dmf_ray.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", required=True, help="search-space YAML (see search_spaces/)")
+    p.add_argument("--data", help="toy | gaussian-ot | ffhq-alae (default: the space's, else toy)")
+    p.add_argument("--data-dir", help="ffhq-alae folder with latents.npy, age.npy, gender.npy")
+    p.add_argument("--direction", help="adult2child | child2adult | man2woman | woman2man")
+    p.add_argument("--dim", type=int, help="gaussian-ot dimension")
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--workers", type=int, help="Ray Train workers per trial")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (fractions pack trials)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (fractions pack trials)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE, help="sweep results and checkpoints (local dir or s3://, gs://)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in the storage path)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--model-name", help="registered model name (default from data and direction, e.g. dmf-ffhq-adult2child)")
+    p.add_argument("--name", help="sweep name (default: <space>-<data>-<time>); with --resume, the sweep to resume")
+    p.add_argument("--seed", type=int, help="sampler seed and training seed")
+    p.add_argument("--resume", action="store_true", help="resume an interrupted sweep (the latest of this space unless --name)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray; 'auto' joins a running cluster)")
+    return p
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(name, f"must be > 0, got {value}")
+
+
+def spec_with_flags(spec: SearchSpec, args: argparse.Namespace) -> SearchSpec:
+    """Apply the resource / sampling flags to the loaded space."""
+    for name in ("num_samples", "workers", "max_concurrent", "cpus_per_worker"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise ConfigError("gpus-per-worker", f"must be >= 0, got {args.gpus_per_worker}")
+    res = replace(
+        spec.resources,
+        **{k: v for k, v in (("workers", args.workers), ("cpus_per_worker", args.cpus_per_worker),
+                             ("gpus_per_worker", args.gpus_per_worker)) if v is not None},
+    )
+    sampler = spec.sampler if args.seed is None else replace(spec.sampler, seed=args.seed)
+    return replace(
+        spec,
+        resources=res,
+        sampler=sampler,
+        num_samples=args.num_samples or spec.num_samples,
+        max_concurrent=args.max_concurrent or spec.max_concurrent,
+    )
+
+
+def base_overrides(spec: SearchSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """The space's fixed keys with the data / seed flags on top."""
+    base = dict(spec.fixed)
+    for flag, key in (("data", "data.name"), ("data_dir", "data.data_dir"), ("direction", "data.direction"),
+                      ("dim", "data.dim"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            base[key] = getattr(args, flag)
+    return base
+
+
+def dataset_label(data: Any) -> str:
+    if data.name == "ffhq-alae":
+        return f"ffhq-alae/{data.direction}"
+    if data.name == "gaussian-ot":
+        return f"gaussian-ot/d{data.dim}"
+    return data.name
+
+
+def _sweep_name(args: argparse.Namespace, stem: str, label: str, storage: str) -> str:
+    prefix = f"{stem}-{label.replace('/', '-')}"
+    if args.name:
+        return args.name
+    if not args.resume:
+        return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "://" in storage:
+        raise ConfigError("name", "--resume on remote storage needs --name")
+    found = sorted(p.name for p in Path(storage).glob(f"{prefix}-*") if p.is_dir())
+    if not found:
+        raise UserInputError(f"{storage}: no sweep named {prefix}-* to resume")
+    return found[-1]
+
+
+def make_plan(args: argparse.Namespace):
+    """Validate everything and resolve defaults; nothing is started or written."""
+    from dmf_ray.sweep import SweepPlan
+
+    space_path = Path(args.space)
+    spec = spec_with_flags(load_search_space(space_path), args)
+    base = base_overrides(spec, args)
+    spec = replace(spec, fixed=base)  # the searcher returns the fixed keys as constants: flags must be in them
+    cfg = load_train_config(None, base)
+    remote = "://" in args.storage_path
+    storage = args.storage_path if remote else str(Path(args.storage_path).resolve())
+    if remote and not args.tracking_uri:
+        raise ConfigError("tracking-uri", "required when --storage-path is remote (run an MLflow server every node can reach)")
+    tracking_uri = tracking_uri_for(args.tracking_uri, Path(storage) if not remote else Path.cwd())
+    label = dataset_label(cfg.data)
+    name = _sweep_name(args, space_path.stem, label, storage)
+    if args.resume and not remote and not (Path(storage) / name).is_dir():
+        raise UserInputError(f"{Path(storage) / name}: no sweep to resume")
+    return SweepPlan(
+        spec=spec, base=base, name=name, storage_path=storage, tracking_uri=tracking_uri,
+        experiment=args.experiment, model_name=args.model_name or default_model_name(cfg.data.name, cfg.data.direction if cfg.data.name == "ffhq-alae" else None),
+        dataset=label,
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    plan = make_plan(args)
+    check_tracking_server(plan.tracking_uri)
+
+    import ray
+
+    from dmf_ray.sweep import RAY_ENV, build_tuner, open_tracker, register_best, summarise, write_summary
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(address=args.address or "local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    try:
+        grid = build_tuner(plan, args.resume).fit()
+    finally:
+        ray.shutdown()
+    rows = summarise(plan, grid)
+    out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
+    csv_path, md_path = write_summary(plan, rows, out_dir)
+    tracker = open_tracker(plan)
+    registered = register_best(plan, rows, tracker)
+    ok = [r for r in rows if r.status == "OK"]
+    tracker.finish_sweep("FINISHED", {"trials": len(rows), "failed_trials": len(rows) - len(ok),
+                                      **({f"best_{plan.spec.metric}": ok[0].metric} if ok else {})})
+    _print_report(plan, rows, csv_path, md_path, registered)
+    return {"plan": plan, "rows": rows, "registered": registered}
+
+
+def _print_report(plan, rows, csv_path: Path, md_path: Path, registered) -> None:
+    from dmf_ray.sweep import markdown, summary_table
+
+    md = markdown(summary_table(plan, rows[:TOP_SHOWN]))
+    print(f"\nTop trials by {plan.spec.metric} ({plan.spec.mode}) of sweep {plan.name}:\n{md}")
+    print(f"All trials: {csv_path}  {md_path}")
+    if registered is None:
+        print("No trial finished all its steps: nothing registered.")
+    else:
+        model_uri, outcome = registered
+        print(f"Best model: {model_uri} -> registered as {plan.model_name} version {outcome.version}")
+        verdict = "is the new champion" if outcome.became_champion else "did not beat the current champion"
+        print(f"It {verdict}: models:/{plan.model_name}@champion")
+    print("\nBrowse the sweep:")
+    print(f"  mlflow ui --backend-store-uri {plan.tracking_uri} --host 127.0.0.1 --port 5000")
+    print("Translate with the champion:")
+    print(f"  python -m dmf_ray.infer --model models:/{plan.model_name}@champion --tracking-uri {plan.tracking_uri} "
+          "--input x.npy --output y.npy")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(argv)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

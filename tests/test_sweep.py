@@ -1,0 +1,107 @@
+"""End to end: a real local Ray, Optuna + ASHA, Ray Train trials, a sqlite MLflow store, the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("ray")
+import mlflow  # noqa: E402
+
+from dmf_ray.infer import main as infer_main  # noqa: E402
+from dmf_ray.inference import load_model  # noqa: E402
+from dmf_ray.tune import main as tune_main  # noqa: E402
+from dmf_ray.tune import run as tune_run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TINY_SPACE = {
+    "metric": "fd",
+    "mode": "min",
+    "num_samples": 3,
+    "max_concurrent": 2,
+    "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2},
+    "scheduler": {"type": "asha", "grace_period": 20, "reduction_factor": 2},
+    "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+    "fixed": {"steps": 40, "eval_every": 20, "batch_size": 64, "eval_samples": 500, "data.n_train": 2000,
+              "data.n_test": 500, "model.width": 32, "model.depth": 2},
+    "params": {
+        "friction.schedule": {"type": "categorical", "choices": ["linear", "power"]},
+        "friction.power": {"type": "float", "low": 0.5, "high": 3.0, "when": {"friction.schedule": "power"}},
+        "drift.temperatures": {"type": "categorical", "choices": [[0.2], [0.5]]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    space = root / "tiny.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    out = tune_run(["--space", str(space), "--storage-path", str(root / "store"), "--name", "tiny"])
+    return root, out
+
+
+def test_sweep_tracks_every_trial_once_under_one_parent(sweep) -> None:
+    root, out = sweep
+    plan = out["plan"]
+    client = mlflow.MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert finished, "at least one trial runs all its steps"
+    run = finished[0]
+    assert "fd" in run.data.metrics and "final_fd" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "fd")
+    assert sorted(m.step for m in history) == [20, 40]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/samples.png", "plots/friction.png", "plots/metrics.png"} <= plots
+
+
+def test_sweep_writes_top_trials_and_registers_a_champion(sweep) -> None:
+    root, out = sweep
+    plan, rows = out["plan"], out["rows"]
+    assert (root / "store" / "tiny" / "top_trials.csv").is_file()
+    assert (root / "store" / "tiny" / "top_trials.md").read_text().count("\n") == len(rows) + 2
+    model_uri, outcome = out["registered"]
+    assert outcome.became_champion
+    client = mlflow.MlflowClient(plan.tracking_uri)
+    version = client.get_model_version_by_alias(plan.model_name, "champion")
+    assert version.tags["dataset"] == "toy" and version.tags["metric"] == "fd"
+    assert float(version.tags["metric_value"]) == pytest.approx(rows[0].metric, rel=1e-6)
+
+
+def test_champion_translates_alike_via_cli_api_and_pyfunc(sweep, tmp_path) -> None:
+    _, out = sweep
+    plan = out["plan"]
+    uri = f"models:/{plan.model_name}@champion"
+    x = np.random.default_rng(0).standard_normal((50, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert infer_main(["--model", uri, "--tracking-uri", plan.tracking_uri, "--input", str(tmp_path / "x.npy"),
+                       "--output", str(tmp_path / "y.npy")]) == 0
+    y_cli = np.load(tmp_path / "y.npy")
+    y_api = load_model(uri, tracking_uri=plan.tracking_uri).translate(x)
+    mlflow.set_tracking_uri(plan.tracking_uri)
+    y_pyfunc = mlflow.pyfunc.load_model(uri).predict(x)
+    assert y_cli.shape == (50, 2)
+    np.testing.assert_allclose(y_cli, y_api, rtol=1e-6)
+    np.testing.assert_allclose(y_api, y_pyfunc, rtol=1e-6)
+
+
+def test_bad_space_and_unreachable_tracking_server_exit_2_before_ray_starts(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_SPACE, "num_samples": 0}, sort_keys=False))
+    assert tune_main(["--space", str(bad), "--storage-path", str(tmp_path / "s")]) == 2
+    assert "num_samples" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    assert tune_main(["--space", str(good), "--tracking-uri", "http://127.0.0.1:9", "--storage-path", str(tmp_path / "s")]) == 2
+    assert "127.0.0.1:9" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
