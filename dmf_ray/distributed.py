@@ -4,10 +4,11 @@ Why a wrapper and not a second trainer: each TorchTrainer worker runs the very s
 ``engine.train`` loop. Two things change:
 
 * the drift needs the whole generated batch (column softmax, repulsion), so the step's
-  ``gather`` hook all-gathers generated samples and positives; every worker computes the drift
-  of the global batch and keeps its own rows. N workers with per-worker batch b therefore
-  compute exactly the drift of one process with batch N*b, and DDP averages the gradients of
-  the local rows (equal batch sizes make that the global mean);
+  ``gather`` hook all-gathers generated samples and positives as targets; each worker computes
+  the drift of its own rows only, all-reducing the three global quantities (distance sum,
+  column log-sum-exp, force mean square). N workers with per-worker batch b therefore compute
+  exactly the drift of one process with batch N*b at 1/N of the kernel work each, and DDP
+  averages the gradients of the local rows (equal batch sizes make that the global mean);
 * rank 0 scores the model and reports metrics with a safetensors checkpoint at every
   evaluation; the other ranks report empty metrics so ``ray.train.report`` stays in step. A
   restarted worker group resumes from the latest reported checkpoint.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,28 @@ HISTORY_FILE = "history.json"
 SCORE_KEYS = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "drift_rms", "gamma", "lr")
 
 
-def all_gather_rows(local: Tensor) -> tuple[Tensor, slice]:
-    """All ranks' rows stacked in rank order, and the slice of this rank's rows.
+@dataclass(frozen=True)
+class ProcessGroupShard:
+    """This rank's rows of the gathered batch, reduced over the default process group."""
+
+    rows: slice
+
+    def sum(self, t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    def logsumexp(self, t: Tensor) -> Tensor:
+        peak = t.clone()
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # all -inf stays -inf
+        total = (t - shift).exp()
+        dist.all_reduce(total)
+        return total.log() + shift
+
+
+def all_gather_rows(local: Tensor) -> tuple[Tensor, ProcessGroupShard]:
+    """All ranks' rows stacked in rank order, and this rank's shard of them.
 
     Every rank must pass the same number of rows (equal per-worker batches). Gathered tensors
     are detached: only the local rows carry gradients, through the loss.
@@ -53,7 +74,7 @@ def all_gather_rows(local: Tensor) -> tuple[Tensor, slice]:
     parts = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(parts, local.contiguous())
     rows = local.shape[0]
-    return torch.cat(parts), slice(rank * rows, (rank + 1) * rows)
+    return torch.cat(parts), ProcessGroupShard(slice(rank * rows, (rank + 1) * rows))
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:

@@ -32,8 +32,8 @@ All math is float32 (inputs in bf16/fp16 are upcast); nothing here needs gradien
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -205,34 +205,61 @@ def compute_drift(
     return drift_field(gen, pos, neg, make_drift_config(preset, **options)).drift
 
 
-def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> DriftResult:
-    """Compute the drift under ``cfg``; see the module docstring for the algorithm and memory."""
-    x, targets, n_neg = _prepare(gen, pos, neg, cfg)
-    b, d = x.shape
+class RowShard(Protocol):
+    """This process's share of a data-parallel batch, and how to reduce across processes.
+
+    With a shard, ``gen`` passed to :func:`drift_field` is the whole (all-gathered) generated
+    batch -- every sample is a negative for every other -- but only the rows ``rows`` are
+    computed here. The three global quantities (distance sum, column log-sum-exp, force mean
+    square) are reduced across processes, so the result equals the single-process drift of
+    those rows while each process does 1/N of the B x N work.
+    """
+
+    rows: slice
+
+    def sum(self, t: Tensor) -> Tensor: ...
+
+    def logsumexp(self, t: Tensor) -> Tensor: ...
+
+
+def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, shard: RowShard | None = None) -> DriftResult:
+    """Compute the drift under ``cfg``; see the module docstring for the algorithm and memory.
+
+    With ``shard`` only the rows ``shard.rows`` of ``gen`` are computed (and returned).
+    """
+    x_all, targets, n_neg = _prepare(gen, pos, neg, cfg)
+    b_total, d = x_all.shape
+    rows = shard.rows if shard is not None else slice(0, b_total)
+    x = x_all[rows]
+    b, first = x.shape[0], rows.start or 0
     n = targets.shape[0]
     chunk = _chunk_rows(cfg, b, n)
     ws = _Workspace(chunk, n, len(cfg.temperatures), x.device)
-    starts = range(0, b, chunk)
+    starts = range(first, first + b, chunk)  # global row indices (the self-mask needs them)
+
+    def local(start: int) -> slice:
+        return slice(start - first, start - first + chunk)
 
     # Pass 1: the distance scale (mean over the whole B x N matrix, self-distances included).
     cached: Tensor | None = None
-    if chunk >= b:
-        cached = ws.distances(x, targets)
-        scale = cached.mean(dtype=torch.float64).float() if cfg.distance_norm else x.new_ones(())
-    elif cfg.distance_norm:
-        total = sum(ws.distances(x[s : s + chunk], targets).sum(dtype=torch.float64) for s in starts)
-        scale = (total / (b * n)).float()
+    if cfg.distance_norm:
+        if chunk >= b:
+            cached = ws.distances(x, targets)
+            total = cached.sum(dtype=torch.float64)
+        else:
+            total = sum(ws.distances(x[local(s)], targets).sum(dtype=torch.float64) for s in starts)
+        scale = (_reduce(shard, "sum", total) / (b_total * n)).float()
     else:
         scale = x.new_ones(())
     dist_scale = scale.clamp_min(_SCALE_FLOOR)
     coord_scale = (scale / math.sqrt(d)).clamp_min(_SCALE_FLOOR) if cfg.distance_norm else x.new_ones(())
-    if cached is not None:
-        cached = _kernel_argument_(cached, 0, dist_scale, cfg)
+    if chunk >= b:
+        cached = _kernel_argument_(cached if cached is not None else ws.distances(x, targets), first, dist_scale, cfg)
 
     def kernel_args(start: int) -> Tensor:
         if cached is not None:
             return cached
-        dist = ws.distances(x[start : start + chunk], targets)
+        dist = ws.distances(x[local(start)], targets)
         return _kernel_argument_(dist, start, dist_scale, cfg)
 
     # Pass 2 (bidirectional only): column log-sum-exp over ALL generated rows.
@@ -241,20 +268,25 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) 
         col_lse = torch.full((len(cfg.temperatures), n), -math.inf, device=x.device)
         for start in starts:
             col_lse = torch.logaddexp(col_lse, _column_logsumexp(kernel_args(start), cfg, ws))
-        half_col_lse = col_lse.mul_(0.5)
+        half_col_lse = _reduce(shard, "logsumexp", col_lse).mul_(0.5)
 
     # Pass 3: per-temperature forces, chunk by chunk.
     forces = x.new_empty(len(cfg.temperatures), b, d)  # [T, B, D], input coordinates
     for start in starts:
-        rows = slice(start, start + chunk)
-        forces[:, rows] = _chunk_forces(x[rows], targets, kernel_args(start), n_neg, cfg, ws, half_col_lse)
+        forces[:, local(start)] = _chunk_forces(x[local(start)], targets, kernel_args(start), n_neg, cfg, ws, half_col_lse)
 
     # RMS in the normalised coordinates (forces / coord_scale), floored as released.
-    force_rms = (forces.square().mean(dim=(1, 2)) / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
+    mean_sq = _reduce(shard, "sum", forces.square().sum(dim=(1, 2))) / (b_total * d)
+    force_rms = (mean_sq / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
     if cfg.drift_norm:
         # Unit RMS in normalised coordinates, mapped back: s * (G / s) / rms = G / rms.
         forces.div_(force_rms[:, None, None])
     return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=force_rms)
+
+
+def _reduce(shard: RowShard | None, op: str, t: Tensor) -> Tensor:
+    """Reduce a per-process partial result across the shard's processes (identity without one)."""
+    return t if shard is None else getattr(shard, op)(t)
 
 
 class _Workspace:

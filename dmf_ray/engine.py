@@ -2,8 +2,8 @@
 
 Why this shape: the same step runs in the single-process trainer and inside Ray Train workers.
 The step takes an optional ``gather`` hook -- the distributed wrapper all-gathers generated
-samples and positives so every worker computes the drift of the whole global batch, then keeps
-its own rows -- and the loop reports through an ``on_eval`` callback, so checkpoints, plots and
+samples and positives so every worker sees the whole global batch as targets and computes its
+own rows' drift exactly -- and the loop reports through an ``on_eval`` callback, so checkpoints, plots and
 tracking live with the caller.
 
 Per step (DMF eq. 12 / appendix B):
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from dmf_ray import metrics
 from dmf_ray.config import OptimConfig, TrainConfig
 from dmf_ray.data.base import TranslationData, stream_generator
-from dmf_ray.drift import drift_field
+from dmf_ray.drift import RowShard, drift_field
 from dmf_ray.errors import TrainingDiverged
 from dmf_ray.friction import VelocityBuffer, apply_friction, gamma
 from dmf_ray.models import GeneratorConfig, build_generator
@@ -37,9 +37,9 @@ _RANK_STREAM = 1000  # batch-sampling streams of ranks > 0, clear of the data st
 
 
 class Gather(Protocol):
-    """All-gather rows across data-parallel workers: returns (all rows, this worker's slice)."""
+    """All-gather rows across data-parallel workers: (all rows, this worker's shard of them)."""
 
-    def __call__(self, local: Tensor) -> tuple[Tensor, slice]: ...
+    def __call__(self, local: Tensor) -> tuple[Tensor, RowShard]: ...
 
 
 @dataclass
@@ -127,11 +127,11 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
     if gather is None:
         result = drift_field(x_fixed, pos, None, cfg.drift)
         drift = result.drift
-    else:  # every worker computes the global-batch drift and keeps its own rows
-        x_all, mine = gather(x_fixed)
+    else:  # the whole batch is the target set; this worker computes its own rows' drift
+        x_all, shard = gather(x_fixed)
         pos_all, _ = gather(pos)
-        result = drift_field(x_all, pos_all, None, cfg.drift)
-        drift = result.drift[mine]
+        result = drift_field(x_all, pos_all, None, cfg.drift, shard=shard)
+        drift = result.drift
     if state.velocity is None:
         displacement, _ = apply_friction("first", g, drift, None)
     else:

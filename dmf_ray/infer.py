@@ -25,18 +25,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dmf_ray.errors import ConfigError, DataError, UserInputError
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line and exit code 2 (no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"arguments: {message}")
+from dmf_ray.cli import ArgumentParser, run_cli
+from dmf_ray.errors import ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="python -m dmf_ray.infer", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m dmf_ray.infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a local path")
     p.add_argument("--input", required=True, help=".npy file with a (N, dim) float array")
     p.add_argument("--output", required=True, help=".npy file to write the (N, dim) float32 result to")
@@ -147,15 +141,13 @@ def _quiet_mlflow() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_mlflow()
-    try:
+
+    def command() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            summary = run(argv)
-    except UserInputError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+            print(run(argv))
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

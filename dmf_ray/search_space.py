@@ -78,7 +78,7 @@ import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from dmf_ray.config import TrainConfig, load_train_config, read_yaml_mapping
 from dmf_ray.errors import ConfigError
@@ -113,6 +113,8 @@ _SCHEDULER_KEYS: dict[str, tuple[str, ...]] = {
     "none": ("type",),
 }
 _RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
+# A trial's own bookkeeping CPU (0.01) is taken from its workers' share: keep the share positive.
+MIN_CPUS_PER_WORKER = 0.05
 _DEFAULT_TPE_STARTUP = 10  # Optuna's own default
 _DEFAULT_REDUCTION_FACTOR = 2.0
 
@@ -293,8 +295,8 @@ def _parse_resources(raw: Any) -> ResourceSpec:
     _reject_unknown(section, _RESOURCE_KEYS, "resources")
     workers = _int(section.get("workers", 1), "resources.workers", low=1)
     cpus = _number(section.get("cpus_per_worker", 1), "resources.cpus_per_worker")
-    if cpus <= 0:
-        raise ConfigError("resources.cpus_per_worker", f"must be > 0, got {cpus}")
+    if cpus < MIN_CPUS_PER_WORKER:
+        raise ConfigError("resources.cpus_per_worker", f"must be >= {MIN_CPUS_PER_WORKER}, got {cpus}")
     gpus = _number(section.get("gpus_per_worker", 0), "resources.gpus_per_worker")
     if gpus < 0:
         raise ConfigError("resources.gpus_per_worker", f"must be >= 0, got {gpus}")

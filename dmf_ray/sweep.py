@@ -78,7 +78,9 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
         scaling_config=ScalingConfig(
             num_workers=res.workers,
             use_gpu=res.gpus_per_worker > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker},
+            # the trial function's own TRIAL_CPU comes out of its workers' share, so a trial
+            # needs exactly workers x cpus_per_worker CPUs and packs onto the machine as planned
+            resources_per_worker={"CPU": res.cpus_per_worker - TRIAL_CPU / res.workers, "GPU": res.gpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
             name=tune.get_context().get_trial_id(),
@@ -226,6 +228,7 @@ class TrialRow:
 def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
     """All trials ranked by their last reported metric (failed ones last)."""
     metric, sign = plan.spec.metric, (1.0 if plan.spec.mode == "min" else -1.0)
+    searched = {p.name for p in plan.spec.params}
     rows = []
     for result in grid:
         metrics = result.metrics or {}
@@ -235,7 +238,7 @@ def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
             status="ERROR" if result.error else "OK",
             step=int(metrics.get("step", 0)),
             metric=value,
-            params=trial_overrides(result.config or {}),
+            params={k: v for k, v in trial_overrides(result.config or {}).items() if k in searched},
             checkpoint_path=metrics.get("checkpoint_path"),
         ))
     return sorted(rows, key=lambda r: (r.status != "OK", math.isnan(r.metric), sign * (r.metric if not math.isnan(r.metric) else 0)))
@@ -273,7 +276,7 @@ def register_best(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker) 
     best = next((r for r in rows if r.status == "OK" and r.step >= steps and r.checkpoint_path and math.isfinite(r.metric)), None)
     if best is None:
         return None
-    run_id = tracker.trial_run(best.trial_id, best.params)
+    run_id = tracker.trial_run(best.trial_id, {})  # exists already: get, don't create
     with ray.train.Checkpoint(best.checkpoint_path).as_directory() as folder:
         weights = Path(folder) / GENERATOR_FILE
         _, gen_cfg = load_generator(weights)

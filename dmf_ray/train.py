@@ -29,7 +29,8 @@ from dmf_ray.checkpoint import checkpoint_config, checkpoint_name, latest_checkp
 from dmf_ray.config import TrainConfig, load_train_config
 from dmf_ray.data.base import TranslationData, load_dataset
 from dmf_ray.engine import TrainState, build_state, generator_config, train, translate
-from dmf_ray.errors import DataError, TrainingDiverged, UserInputError
+from dmf_ray.cli import ArgumentParser, run_cli
+from dmf_ray.errors import DataError, UserInputError
 from dmf_ray.friction import plot_schedule
 from dmf_ray.models import save_generator
 from dmf_ray.plots import plot_curves, plot_samples
@@ -58,15 +59,8 @@ FLAG_KEYS: dict[str, str] = {
 CURVE_KEYS = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "gamma")
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line and exit code 2 (no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"arguments: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="python -m dmf_ray.train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m dmf_ray.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML file with sections data/model/drift/friction/optim and loop keys")
     p.add_argument("--data", help="toy | gaussian-ot | ffhq-alae")
     p.add_argument("--data-dir", help="folder with latents.npy, age.npy, gender.npy (ffhq-alae)")
@@ -188,16 +182,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        final = run(argv)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"error: training diverged: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: round(v, 6) for k, v in final.items()}, indent=1))
-    return 0
+    return run_cli(lambda: print(json.dumps({k: round(v, 6) for k, v in run(argv).items()}, indent=1)))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dmf_ray.config import load_train_config
+from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, UserInputError
 from dmf_ray.registry import default_model_name
-from dmf_ray.search_space import SearchSpec, load_search_space
+from dmf_ray.search_space import MIN_CPUS_PER_WORKER, SearchSpec, load_search_space
 from dmf_ray.tracking import check_tracking_server, tracking_uri_for
 
 DEFAULT_STORAGE = "runs/sweeps"
@@ -28,13 +29,8 @@ DEFAULT_EXPERIMENT = "dmf-sweeps"
 TOP_SHOWN = 5
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserInputError(f"arguments: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="python -m dmf_ray.tune", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m dmf_ray.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", required=True, help="search-space YAML (see search_spaces/)")
     p.add_argument("--data", help="toy | gaussian-ot | ffhq-alae (default: the space's, else toy)")
     p.add_argument("--data-dir", help="ffhq-alae folder with latents.npy, age.npy, gender.npy")
@@ -63,8 +59,10 @@ def _positive(name: str, value: float | None) -> None:
 
 def spec_with_flags(spec: SearchSpec, args: argparse.Namespace) -> SearchSpec:
     """Apply the resource / sampling flags to the loaded space."""
-    for name in ("num_samples", "workers", "max_concurrent", "cpus_per_worker"):
+    for name in ("num_samples", "workers", "max_concurrent"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    if args.cpus_per_worker is not None and args.cpus_per_worker < MIN_CPUS_PER_WORKER:
+        raise ConfigError("cpus-per-worker", f"must be >= {MIN_CPUS_PER_WORKER}, got {args.cpus_per_worker}")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         raise ConfigError("gpus-per-worker", f"must be >= 0, got {args.gpus_per_worker}")
     res = replace(
@@ -188,12 +186,7 @@ def _print_report(plan, rows, csv_path: Path, md_path: Path, registered) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(argv) and None)
 
 
 if __name__ == "__main__":

@@ -372,11 +372,11 @@ def test_cli_bad_argument_is_one_line_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], "error: the following arguments are required: --out"),
+        ([], "error: arguments: the following arguments are required: --out"),
         (["--rows", "5"], "error: --rows: must be >= 14"),
         (["--dim", "1"], "error: --dim: must be >= 2"),
         (["--seed", "-1"], "error: --seed: must be >= 0"),
-        (["--bogus"], "error: unrecognized arguments: --bogus"),
+        (["--bogus"], "error: arguments: unrecognized arguments: --bogus"),
     ],
 )
 def test_main_rejects_bad_arguments(

@@ -40,7 +40,7 @@ def _probe_one_step(config: dict) -> None:
     state = build_state(cfg, data, rank=rank)
     state.model = ray.train.torch.prepare_model(state.model)
     stats = train_step(state, cfg, data, gather=all_gather_rows)
-    drift_all, _ = all_gather_rows(stats.drift)
+    drift_all, _ = all_gather_rows(stats.drift)  # this rank computed only its own rows
     weights = torch.cat([p.detach().flatten() for p in state.model.module.parameters()])
     if rank != 0:
         ray.train.report({})

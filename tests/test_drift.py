@@ -197,3 +197,47 @@ def test_single_temperature_number_is_accepted() -> None:
 def test_mismatched_shapes_raise() -> None:
     with pytest.raises(ValueError, match="feature dimensions"):
         compute_drift(torch.zeros(4, 3), torch.zeros(4, 2))
+
+
+class _ThreadShard:
+    """Two threads standing in for two data-parallel processes (all-reduce through a board)."""
+
+    def __init__(self, rows: slice, rank: int, board: dict, barrier) -> None:
+        self.rows, self.rank, self.board, self.barrier = rows, rank, board, barrier
+
+    def _all_reduce(self, t: torch.Tensor, combine) -> torch.Tensor:
+        self.board[self.rank] = t.clone()
+        self.barrier.wait()
+        out = combine([self.board[r] for r in sorted(self.board)])
+        self.barrier.wait()
+        return out
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(t, lambda ts: ts[0] + ts[1])
+
+    def logsumexp(self, t: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(t, lambda ts: torch.logsumexp(torch.stack(ts), dim=0))
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_row_shards_reproduce_the_full_drift(normalization: str, kernel: str) -> None:
+    """Each data-parallel process computes only its rows; reductions make them exact."""
+    import threading
+
+    gen, pos, neg = _samples(b=30, m=20, k=6, d=4)
+    cfg = make_drift_config(None, kernel=kernel, normalization=normalization, temperatures=(0.1, 0.5), chunk_size=7)
+    full = drift_field(gen.float(), pos.float(), neg.float(), cfg).drift
+    board, barrier, out = {}, threading.Barrier(2), {}
+
+    def worker(rank: int, rows: slice) -> None:
+        shard = _ThreadShard(rows, rank, board, barrier)
+        out[rank] = drift_field(gen.float(), pos.float(), neg.float(), cfg, shard=shard).drift
+
+    threads = [threading.Thread(target=worker, args=(r, s)) for r, s in enumerate((slice(0, 12), slice(12, 30)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out[0].shape == (12, 4) and out[1].shape == (18, 4)
+    assert torch.allclose(torch.cat([out[0], out[1]]), full, atol=1e-5 * full.abs().max(), rtol=1e-4)

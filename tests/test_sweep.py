@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -15,6 +24,7 @@ from dmf_ray.tune import main as tune_main  # noqa: E402
 from dmf_ray.tune import run as tune_run  # noqa: E402
 
 pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium")
 
 TINY_SPACE = {
     "metric": "fd",
@@ -105,3 +115,54 @@ def test_bad_space_and_unreachable_tracking_server_exit_2_before_ray_starts(tmp_
     assert tune_main(["--space", str(good), "--tracking-uri", "http://127.0.0.1:9", "--storage-path", str(tmp_path / "s")]) == 2
     assert "127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium(*args: str, profile: Path) -> str:
+    """Headless Chromium with no background traffic (the machine has no network)."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--virtual-time-budget=30000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian chromium not installed (.ci/run installs it)")
+def test_mlflow_ui_shows_sweep_trial_plots_and_champion(sweep, tmp_path) -> None:
+    _, out = sweep
+    plan = out["plan"]
+    client = mlflow.MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment)
+    trial = next(r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"
+                 and "mlflow.parentRunId" in r.data.tags)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", plan.tracking_uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/#"
+    try:
+        for _ in range(120):  # bounded wait for the server: at most 60 s
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read() == b"OK":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        profile = tmp_path / "chromium"
+        runs_page = _chromium("--dump-dom", f"{base}/experiments/{exp.experiment_id}/runs", profile=profile)
+        assert plan.experiment in runs_page and plan.name in runs_page
+        plot_url = f"{base}/experiments/{exp.experiment_id}/runs/{trial.info.run_id}/artifacts/plots/samples.png"
+        plot_page = _chromium("--dump-dom", plot_url, profile=profile)
+        assert trial.info.run_name in plot_page and 'alt="plots/samples.png"' in plot_page
+        model_page = _chromium("--dump-dom", f"{base}/models/{plan.model_name}", profile=profile)
+        assert plan.model_name in model_page and "champion" in model_page and "Version 1" in model_page
+        for name, url in (("trial_plot", plot_url), ("model", f"{base}/models/{plan.model_name}")):
+            shot = tmp_path / f"mlflow_{name}.png"
+            _chromium("--window-size=1400,900", f"--screenshot={shot}", url, profile=profile)
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -11,18 +11,17 @@ Usage: python -m dmf_ray.data.synthetic --out DIR [--rows 70000] [--dim 512] [--
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 
 from dmf_ray.data.ffhq_alae import AGE_FILE, GENDER_FILE, LATENTS_FILE, UNKNOWN_AGE, train_rows
-from dmf_ray.errors import ConfigError, UserInputError
+from dmf_ray.cli import ArgumentParser, run_cli
+from dmf_ray.errors import ConfigError
 
 NOTICE_FILE = "SYNTHETIC.txt"
 MIN_ROWS = 14  # the smallest N whose test split (N - round(6N/7) >= 2 rows) holds every group
@@ -119,28 +118,20 @@ def write_synthetic_ffhq(out: Path, rows: int, dim: int, seed: int, force: bool 
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors become UserInputError (one line, exit 2 in main)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserInputError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m dmf_ray.data.synthetic", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m dmf_ray.data.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write")
     parser.add_argument("--rows", type=int, default=70_000, help="number of rows N")
     parser.add_argument("--dim", type=int, default=512, help="latent dimension D")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    try:
+
+    def command() -> None:
         args = parser.parse_args(argv)
         out = write_synthetic_ffhq(args.out, args.rows, args.dim, args.seed, force=args.force)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote synthetic FFHQ ALAE folder (NOT real latents): {out}")
-    return 0
+        print(f"wrote synthetic FFHQ ALAE folder (NOT real latents): {out}")
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

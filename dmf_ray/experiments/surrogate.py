@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dmf_ray.errors import ConfigError, UserInputError
+from dmf_ray.cli import ArgumentParser, run_cli
+from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.friction import FrictionConfig, schedule_values
 
 # Starting distance of the cobweb in fig. 1d, in units of tau; also used for panels (a) and (c).
@@ -236,7 +237,7 @@ def plot_surrogate(tau: float, steps: int, path: Path) -> Path:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m dmf_ray.experiments.surrogate",
         description="Redraw fig. 1 of the DMF paper and check the surrogate's closed forms.",
     )
@@ -254,22 +255,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Write ``surrogate.png`` and ``surrogate.md``; exit 0 if every check holds, 1 if not,
     2 on bad arguments."""
-    try:
+    def command() -> int:
         args = _parse_args(argv)
         checks = run_checks(args.tau, args.steps)
         table = markdown_table(checks)
-        plot_surrogate(args.tau, args.steps, args.out / "surrogate.png")
-        (args.out / "surrogate.md").write_text(
-            f"# Two-particle surrogate (DMF section 3.1)\n\n"
-            f"tau = {args.tau:g}, T = {args.steps}, a0 = {A0_BELOW:g} tau (below a*) and "
-            f"{A0_ABOVE:g} tau (above a*), friction schedule linear (eq. 15).\n\n"
-            f"{table}\n\n![surrogate](surrogate.png)\n"
-        )
-    except (UserInputError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table)
-    return 0 if all(c.ok for c in checks) else 1
+        try:
+            plot_surrogate(args.tau, args.steps, args.out / "surrogate.png")
+            (args.out / "surrogate.md").write_text(
+                f"# Two-particle surrogate (DMF section 3.1)\n\n"
+                f"tau = {args.tau:g}, T = {args.steps}, a0 = {A0_BELOW:g} tau (below a*) and "
+                f"{A0_ABOVE:g} tau (above a*), friction schedule linear (eq. 15).\n\n"
+                f"{table}\n\n![surrogate](surrogate.png)\n"
+            )
+        except OSError as exc:
+            raise DataError(args.out, f"cannot write ({exc.strerror or exc})") from None
+        print(table)
+        return 0 if all(c.ok for c in checks) else 1
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Sequence
 from dmf_ray.config import TrainConfig, load_train_config
 from dmf_ray.data.base import load_dataset
 from dmf_ray.engine import TrainState, train, translate
+from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import UserInputError
 from dmf_ray.friction import plot_schedule
 from dmf_ray.plots import plot_curves, plot_sample_panels
@@ -93,7 +94,7 @@ def markdown_table(results: dict[str, list[RunResult]], base: TrainConfig, tunin
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dmf_ray.experiments.toy_table1", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m dmf_ray.experiments.toy_table1", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--taus", type=float, nargs="+", default=[0.05, 0.2, 0.5])
     p.add_argument("--tune-seed", type=int, default=100)
@@ -147,12 +148,7 @@ def run(argv: Sequence[str] | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(argv) and None)
 
 
 if __name__ == "__main__":

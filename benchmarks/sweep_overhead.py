@@ -1,0 +1,113 @@
+"""Per-trial overhead of Tune + Ray Train against the plain trainer, and 2 Train workers vs 1.
+
+All runs share one process and one local Ray, so the ratios compare like with like:
+
+1. the same toy config trained by ``engine.train`` in this process (the baseline);
+2. by one ``TorchTrainer`` (1 worker, all CPUs) -- Ray Train's fixed cost;
+3. by a one-trial Tune sweep whose trial fits that TorchTrainer, tracked in MLflow -- the
+   platform's full per-trial cost.
+
+Then data-parallel throughput: the same global batch on 1 worker (2 CPUs) or 2 workers (1 CPU
+each, half the batch each). Start-up is removed by timing a long and a short run and dividing
+the step difference by the time difference.
+
+    python benchmarks/sweep_overhead.py [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from dmf_ray.config import load_train_config
+from dmf_ray.data.base import load_dataset
+from dmf_ray.distributed import worker_loop
+from dmf_ray.engine import train
+from dmf_ray.search_space import search_space_from_dict
+from dmf_ray.sweep import RAY_ENV, SweepPlan, build_tuner
+from dmf_ray.tracking import tracking_uri_for
+
+CPUS = os.cpu_count() or 2
+
+
+def overrides(steps: int, batch: int) -> dict:
+    return {"steps": steps, "eval_every": max(1, steps // 4), "batch_size": batch, "eval_samples": 10_000,
+            "data.n_test": 10_000, "model.width": 128}
+
+
+def fit_seconds(over: dict, workers: int, storage: Path) -> float:
+    cfg = load_train_config(None, over)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"train": cfg.to_dict()},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": CPUS // workers}),
+        run_config=ray.train.RunConfig(storage_path=str(storage), name=f"w{workers}-{time.time_ns()}"),
+    )
+    start = time.perf_counter()
+    trainer.fit()
+    return time.perf_counter() - start
+
+
+def tune_seconds(over: dict, storage: Path) -> float:
+    spec = search_space_from_dict({
+        "metric": "fd", "mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": {"type": "none"},
+        "resources": {"workers": 1, "cpus_per_worker": CPUS, "gpus_per_worker": 0},
+        "fixed": over, "params": {"seed": {"type": "categorical", "choices": [0]}},
+    })
+    plan = SweepPlan(spec=spec, base=dict(over), name=f"bench-{time.time_ns()}", storage_path=str(storage),
+                     tracking_uri=tracking_uri_for(None, storage), experiment="bench", model_name="bench", dataset="toy")
+    start = time.perf_counter()
+    build_tuner(plan, resume=False).fit()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=1024)
+    args = p.parse_args()
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(address="local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    storage = Path(tempfile.mkdtemp(prefix="dmf-bench-"))
+    over = overrides(args.steps, args.batch)
+
+    cfg = load_train_config(None, over)
+    data = load_dataset(cfg.data)
+    start = time.perf_counter()
+    train(cfg, data, progress=False)
+    plain = time.perf_counter() - start
+    train1 = fit_seconds(over, 1, storage)
+    tuned = tune_seconds(over, storage)
+    print(f"{CPUS} CPUs; toy, {args.steps} steps, batch {args.batch}, {args.steps // over['eval_every']} evaluations\n")
+    print("| how | wall s | ratio to plain | overhead s |")
+    print("|---|---|---|---|")
+    for name, secs in (("plain engine.train (this process)", plain), ("TorchTrainer, 1 worker", train1),
+                       ("Tune trial -> TorchTrainer, 1 worker, MLflow", tuned)):
+        print(f"| {name} | {secs:.1f} | {secs / plain:.2f}x | {secs - plain:+.1f} |")
+
+    short = max(50, args.steps // 5)
+    print(f"\nData-parallel throughput (global batch {args.batch}; steps/s from {args.steps} vs {short} steps):\n")
+    print("| workers | CPUs each | per-worker batch | steps/s | samples/s | vs 1 worker |")
+    print("|---|---|---|---|---|---|")
+    rates = {}
+    for workers in (1, 2):
+        per_worker = args.batch // workers
+        long_s = fit_seconds(overrides(args.steps, per_worker), workers, storage)
+        short_s = fit_seconds(overrides(short, per_worker), workers, storage)
+        rates[workers] = (args.steps - short) / (long_s - short_s)
+        print(f"| {workers} | {CPUS // workers} | {per_worker} | {rates[workers]:.1f} | {rates[workers] * args.batch:.0f} | "
+              f"{rates[workers] / rates[1]:.2f}x |", flush=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
