@@ -120,3 +120,29 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     directory = Path(directory)
     found = [(int(m.group(1)), p) for p in directory.glob("step_*.safetensors") if (m := _NAME.match(p.name))]
     return max(found)[1] if found else None
+
+
+def save_rank_state(path: str | Path, state: TrainState) -> Path:
+    """What differs between data-parallel ranks: the sampling RNG and the velocity buffer.
+
+    The main checkpoint holds rank 0's copy; every other rank saves its own beside it so a
+    resumed multi-worker run continues each rank's batch stream exactly.
+    """
+    tensors = {"rng": state.rng.get_state()}
+    if state.velocity is not None:
+        tensors["velocity"] = state.velocity.state_dict()["velocity"].cpu().contiguous()
+    save_file(tensors, str(path), metadata={_META_KEY: json.dumps({"version": FORMAT_VERSION, "rank_state": True})})
+    return Path(path)
+
+
+def restore_rank_state(state: TrainState, path: str | Path) -> None:
+    """Load a rank's own RNG and velocity saved by :func:`save_rank_state`."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(path, f"not a readable rank state ({exc})") from None
+    state.rng.set_state(tensors["rng"])
+    if state.velocity is not None and "velocity" in tensors:
+        device = state.velocity.velocity.device
+        state.velocity.load_state_dict({"velocity": tensors["velocity"].to(device)})
+

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dmf_ray.checkpoint import restore_state, save_checkpoint
+from dmf_ray.checkpoint import restore_rank_state, restore_state, save_checkpoint, save_rank_state
 from dmf_ray.config import TrainConfig, train_config_from_dict
 from dmf_ray.data.base import load_dataset
 from dmf_ray.engine import TrainState, build_state, generator_config, train, unwrap_model
@@ -78,7 +78,12 @@ def all_gather_rows(local: Tensor) -> tuple[Tensor, ProcessGroupShard]:
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:
-    """The per-worker training function of ``TorchTrainer`` (config: ``{"train": <TrainConfig dict>}``)."""
+    """The per-worker training function of ``TorchTrainer``.
+
+    ``loop_config``: ``{"train": <TrainConfig dict>, "resume_from": <checkpoint path, optional>}``.
+    A restarted worker group resumes from Train's latest checkpoint; otherwise ``resume_from``
+    (Train V2's replacement for ``resume_from_checkpoint``) seeds the run.
+    """
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -86,26 +91,48 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     data = load_dataset(cfg.data)
     state = build_state(cfg, data, rank=rank)
     resume_from = ray.train.get_checkpoint()
+    if resume_from is None and loop_config.get("resume_from"):
+        resume_from = ray.train.Checkpoint(loop_config["resume_from"])
     if resume_from is not None:
         with resume_from.as_directory() as folder:
             restore_state(state, Path(folder) / CHECKPOINT_FILE)
+            if (Path(folder) / rank_file(rank)).is_file():
+                restore_rank_state(state, Path(folder) / rank_file(rank))
     if world > 1:
         state.model = ray.train.torch.prepare_model(state.model)
+    placement = worker_nodes(world)
 
     def report(state: TrainState, record: dict[str, float]) -> None:
-        if rank != 0:
-            ray.train.report({})
-            return
+        # Every rank adds its own RNG / velocity file; Train merges the ranks' folders.
         with tempfile.TemporaryDirectory() as folder:
-            write_checkpoint_folder(Path(folder), state, cfg, data.dim)
-            metrics = {k: v for k, v in record.items() if k in SCORE_KEYS}
-            ray.train.report({"step": state.step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            if world > 1:
+                save_rank_state(Path(folder) / rank_file(rank), state)
+            metrics: dict[str, Any] = {}
+            if rank == 0:
+                write_checkpoint_folder(Path(folder), state, cfg, data.dim)
+                scores = {k: v for k, v in record.items() if k in SCORE_KEYS}
+                metrics = {"step": state.step, **scores, "worker_nodes": placement}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     try:
         train(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None,
               progress=False, score=rank == 0)
     except TrainingDiverged as exc:
         ray.train.report({"step": state.step, "diverged": 1.0, "reason": str(exc)} if rank == 0 else {})
+
+
+def rank_file(rank: int) -> str:
+    return f"rank_{rank}.safetensors"
+
+
+def worker_nodes(world: int) -> str:
+    """Comma-separated Ray node ids of all ranks, in rank order (placement, for reports)."""
+    mine = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return mine
+    nodes: list[str] = [""] * world
+    dist.all_gather_object(nodes, mine)
+    return ",".join(nodes)
 
 
 def write_checkpoint_folder(folder: Path, state: TrainState, cfg: TrainConfig, dim: int) -> None:

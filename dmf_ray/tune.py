@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler seed and training seed")
     p.add_argument("--resume", action="store_true", help="resume an interrupted sweep (the latest of this space unless --name)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray; 'auto' joins a running cluster)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the local --storage-path is a shared mount (NFS) every node sees; allows it on multi-node clusters")
     return p
 
 
@@ -137,6 +139,23 @@ def make_plan(args: argparse.Namespace):
     )
 
 
+def require_reachable_storage(storage_path: str, shared: bool) -> None:
+    """Refuse a node-local storage folder on a multi-node cluster (REFERENCE 3).
+
+    Train workers on other nodes write checkpoints there and the driver reads them back; a
+    folder only this machine has would silently split the results across nodes.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in storage_path and not shared:
+        raise ConfigError(
+            "storage-path",
+            f"{storage_path} is a local folder but the cluster has {len(nodes)} nodes: use storage every node "
+            "reaches (s3://bucket/path, gs://bucket/path) or pass --shared-storage for an NFS mount",
+        )
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     plan = make_plan(args)
@@ -150,6 +169,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     ray.init(address=args.address or "local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     try:
+        require_reachable_storage(plan.storage_path, args.shared_storage)
         grid = build_tuner(plan, args.resume).fit()
     finally:
         ray.shutdown()

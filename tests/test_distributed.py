@@ -106,3 +106,15 @@ def test_worker_loop_reports_metrics_with_safetensors_checkpoints(ray_session, t
     with result.checkpoint.as_directory() as folder:
         tensors, meta = read_checkpoint(Path(folder) / CHECKPOINT_FILE)
         assert meta["step"] == 4 and (Path(folder) / GENERATOR_FILE).is_file()
+
+    # Resuming from the step-2 checkpoint reproduces the uninterrupted run's final metrics.
+    step2 = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == 2)
+    resumed = TorchTrainer(
+        worker_loop,
+        train_loop_config={"train": cfg.to_dict(), "resume_from": step2.path},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="loop-resumed"),
+    ).fit()
+    assert resumed.metrics["step"] == 4
+    assert resumed.metrics["fd"] == pytest.approx(result.metrics["fd"], rel=1e-5)
+    assert resumed.metrics["loss"] == pytest.approx(result.metrics["loss"], rel=1e-5)
