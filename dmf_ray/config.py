@@ -42,8 +42,8 @@ class OptimConfig:
             raise ConfigError("optim.lr", f"must be a finite number > 0, got {self.lr!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {list(self.betas)!r}")
-        if self.weight_decay < 0:
-            raise ConfigError("optim.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError("optim.weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError("optim.grad_clip", f"must be > 0 or null, got {self.grad_clip!r}")
         if self.warmup_steps < 0:

@@ -124,7 +124,10 @@ def run(argv: Sequence[str] | None = None) -> str:
         y = translator.translate(x, batch_size=args.batch_size)
     except ValueError as exc:  # e.g. float64 values beyond float32's range become inf
         raise DataError(in_path, str(exc)) from None
-    write_atomic(out_path, y)
+    try:
+        write_atomic(out_path, y)
+    except OSError as exc:
+        raise DataError(out_path, f"cannot write ({exc.strerror or exc})") from None
     dt = time.perf_counter() - t0
     return (
         f"translated {y.shape[0]} rows ({x.shape[1]} -> {y.shape[1]} dims, {x.dtype} -> float32) "

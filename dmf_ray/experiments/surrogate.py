@@ -32,6 +32,9 @@ from dmf_ray.friction import FrictionConfig, schedule_values
 A0_BELOW = 0.08
 # Starting distance above a* for panel (b), in units of tau.
 A0_ABOVE = 2.0
+# Bandwidths whose derived quantities (finite-difference step 1e-6 tau, plot range 20 tau) stay
+# non-zero and finite in float64.
+TAU_RANGE = (1e-300, 1e300)
 # Slack for floating-point comparisons in the report's checks.
 _RTOL = 1e-9
 
@@ -245,8 +248,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tau", type=float, default=1.0, help="kernel bandwidth (> 0)")
     parser.add_argument("--steps", type=int, default=20, help="iterations T (>= 2)")
     args = parser.parse_args(argv)
-    if not (math.isfinite(args.tau) and args.tau > 0):
-        raise ConfigError("--tau", f"must be a finite number > 0, got {args.tau}")
+    if not (math.isfinite(args.tau) and TAU_RANGE[0] <= args.tau <= TAU_RANGE[1]):
+        raise ConfigError("--tau", f"must be a finite number > 0 within [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}], got {args.tau}")
     if args.steps < 2:
         raise ConfigError("--steps", f"must be >= 2, got {args.steps}")
     return args

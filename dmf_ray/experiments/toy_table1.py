@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ from dmf_ray.config import TrainConfig, load_train_config
 from dmf_ray.data.base import load_dataset
 from dmf_ray.engine import TrainState, train, translate
 from dmf_ray.cli import ArgumentParser, run_cli
-from dmf_ray.errors import UserInputError
+from dmf_ray.errors import ConfigError, UserInputError
 from dmf_ray.friction import plot_schedule
 from dmf_ray.plots import plot_curves, plot_sample_panels
 
@@ -106,8 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
-    if len(args.seeds) < 1 or any(t <= 0 for t in args.taus):
-        raise UserInputError("--seeds needs at least one seed and --taus positive bandwidths")
+    if not all(math.isfinite(t) and t > 0 for t in args.taus):
+        raise ConfigError("--taus", f"every bandwidth must be a finite number > 0, got {args.taus}")
+    if any(s < 0 for s in (*args.seeds, args.tune_seed)):
+        raise ConfigError("--seeds", f"seeds (and --tune-seed) must be >= 0, got {args.seeds} and {args.tune_seed}")
+    for path in (Path(args.out), *Path(args.out).parents):  # the first existing one must be a folder
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError("--out", f"{path} is a file, so the folder {args.out} cannot be created")
+            break
     base = load_train_config(args.config, {"steps": args.steps, "eval_every": max(1, args.steps // 10)})
     if base.data.name != "toy":
         raise UserInputError(f"data.name: Table 1 is the toy task, got {base.data.name!r}")
