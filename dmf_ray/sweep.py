@@ -32,7 +32,7 @@ from dmf_ray.config import TrainConfig, load_train_config
 from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
 from dmf_ray.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
 from dmf_ray.engine import translate
-from dmf_ray.errors import TrainingDiverged
+
 from dmf_ray.models import load_generator
 from dmf_ray.registry import log_generator, register_if_champion
 from dmf_ray.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
@@ -68,7 +68,9 @@ class SweepPlan:
 def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     """One Tune trial: fit a data-parallel TorchTrainer on the trial's config.
 
-    A diverged run (NaN/inf) ends the trial as an error whose message is the reason.
+    A diverged run (NaN/inf) ends normally after reporting ``diverged`` and its reason without
+    the sweep metric: Optuna records the trial as pruned, MLflow as FAILED with the reason, and
+    the sweep goes on. Real failures (a lost node) raise and get one Tune retry.
     """
     cfg = plan.trial_config(tune_config)
     res: ResourceSpec = plan.spec.resources
@@ -90,9 +92,7 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
-    if result.metrics and result.metrics.get("diverged"):
-        raise TrainingDiverged(str(result.metrics.get("reason", "non-finite values")))
+    trainer.fit()
 
 
 class MLflowSweepCallback(tune.Callback):
@@ -140,7 +140,9 @@ class MLflowSweepCallback(tune.Callback):
         step = int(last.get("step", 0))
         self._log_trial_files(run_id, cfg, last.get("checkpoint_path"))
         final = {k: last[k] for k in SCORE_KEYS if k in last}
-        if step >= cfg.steps:
+        if last.get("diverged"):
+            self.tracker.finish_trial(run_id, "FAILED", reason=f"diverged: {last.get('reason', 'non-finite values')}")
+        elif step >= cfg.steps:
             self.tracker.finish_trial(run_id, "FINISHED", final)
         else:
             self.tracker.finish_trial(run_id, "KILLED", final, reason=f"stopped early by the scheduler at step {step}")
@@ -210,7 +212,7 @@ def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
             name=plan.name,
             storage_path=plan.storage_path,
             callbacks=[MLflowSweepCallback(plan)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=1),  # e.g. the trial's node was lost
         ),
     )
 
@@ -235,7 +237,7 @@ def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
         value = float(metrics.get(metric, math.nan))
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id", str(result.path).rsplit("/", 1)[-1]),
-            status="ERROR" if result.error else "OK",
+            status="ERROR" if result.error else ("DIVERGED" if metrics.get("diverged") else "OK"),
             step=int(metrics.get("step", 0)),
             metric=value,
             params={k: v for k, v in trial_overrides(result.config or {}).items() if k in searched},

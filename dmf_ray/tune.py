@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dmf_ray.config import load_train_config
+from dmf_ray.data.base import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
-from dmf_ray.errors import ConfigError, UserInputError
+from dmf_ray.errors import ConfigError, DataError, UserInputError
 from dmf_ray.registry import default_model_name
 from dmf_ray.search_space import MIN_CPUS_PER_WORKER, SearchSpec, load_search_space
 from dmf_ray.tracking import check_tracking_server, tracking_uri_for
@@ -123,10 +124,13 @@ def make_plan(args: argparse.Namespace):
     base = base_overrides(spec, args)
     spec = replace(spec, fixed=base)  # the searcher returns the fixed keys as constants: flags must be in them
     cfg = load_train_config(None, base)
+    load_dataset(cfg.data)  # data files are validated here, not inside a trial on a worker
     remote = "://" in args.storage_path
+    if not remote and Path(args.storage_path).exists() and not Path(args.storage_path).is_dir():
+        raise DataError(args.storage_path, "--storage-path must be a folder, this is a file")
     storage = args.storage_path if remote else str(Path(args.storage_path).resolve())
     if remote and not args.tracking_uri:
-        raise ConfigError("tracking-uri", "required when --storage-path is remote (run an MLflow server every node can reach)")
+        raise ConfigError("tracking-uri", "required when --storage-path is remote (an MLflow server the driver can reach, e.g. on the head node)")
     tracking_uri = tracking_uri_for(args.tracking_uri, Path(storage) if not remote else Path.cwd())
     label = dataset_label(cfg.data)
     name = _sweep_name(args, space_path.stem, label, storage)
@@ -139,7 +143,7 @@ def make_plan(args: argparse.Namespace):
     )
 
 
-def require_reachable_storage(storage_path: str, shared: bool) -> None:
+def require_reachable_storage(storage_path: str, shared: bool, joined: bool) -> None:
     """Refuse a node-local storage folder on a multi-node cluster (REFERENCE 3).
 
     Train workers on other nodes write checkpoints there and the driver reads them back; a
@@ -148,11 +152,12 @@ def require_reachable_storage(storage_path: str, shared: bool) -> None:
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and "://" not in storage_path and not shared:
+    if (joined or len(nodes) > 1) and "://" not in storage_path and not shared:
+        where = f"the cluster has {len(nodes)} nodes" if len(nodes) > 1 else "a cluster may add nodes (autoscaling)"
         raise ConfigError(
             "storage-path",
-            f"{storage_path} is a local folder but the cluster has {len(nodes)} nodes: use storage every node "
-            "reaches (s3://bucket/path, gs://bucket/path) or pass --shared-storage for an NFS mount",
+            f"{storage_path} is a local folder but {where}: use storage every node reaches "
+            "(s3://bucket/path, gs://bucket/path) or pass --shared-storage for an NFS mount",
         )
 
 
@@ -169,7 +174,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     ray.init(address=args.address or "local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     try:
-        require_reachable_storage(plan.storage_path, args.shared_storage)
+        require_reachable_storage(plan.storage_path, args.shared_storage, joined=args.address is not None)
         grid = build_tuner(plan, args.resume).fit()
     finally:
         ray.shutdown()
