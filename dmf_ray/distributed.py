@@ -20,6 +20,7 @@ reason once and stops; the caller decides what that means for a sweep.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,12 +37,13 @@ from dmf_ray.config import TrainConfig, train_config_from_dict
 from dmf_ray.data.base import load_dataset
 from dmf_ray.engine import TrainState, build_state, generator_config, train, unwrap_model
 from dmf_ray.errors import TrainingDiverged
+from dmf_ray.metrics import METRIC_NAMES
 from dmf_ray.models import save_generator
 
 CHECKPOINT_FILE = "state.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 HISTORY_FILE = "history.json"
-SCORE_KEYS = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "drift_rms", "gamma", "lr")
+SCORE_KEYS = (*METRIC_NAMES, "loss", "drift_rms", "gamma", "lr")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         train(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None,
               progress=False, score=rank == 0)
     except TrainingDiverged as exc:
-        ray.train.report({"step": state.step, "diverged": 1.0, "reason": str(exc)} if rank == 0 else {})
+        # NaN scores: the searcher records a failed trial and the scheduler ignores it.
+        nan_scores = dict.fromkeys(METRIC_NAMES, math.nan)
+        ray.train.report({"step": state.step, **nan_scores, "diverged": 1.0, "reason": str(exc)} if rank == 0 else {})
 
 
 def rank_file(rank: int) -> str:

@@ -23,6 +23,9 @@ from cleanfid.fid import kernel_distance as _clean_kernel_distance
 Features = torch.Tensor | np.ndarray
 
 
+# The scores evaluate_translation can return; sweeps may optimise any of them.
+METRIC_NAMES: tuple[str, ...] = ("fd", "kid", "l2_uvp", "transport_cost")
+
 def _as_features(x: Features, name: str) -> np.ndarray:
     """(N, D) tensor/array -> float64 numpy array; ValueError unless 2-D, >= 2 rows, finite."""
     if isinstance(x, torch.Tensor):

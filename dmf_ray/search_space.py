@@ -82,13 +82,14 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from dmf_ray.config import TrainConfig, load_train_config, read_yaml_mapping
 from dmf_ray.errors import ConfigError
+from dmf_ray.metrics import METRIC_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (Ray is slow to import)
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-METRICS: tuple[str, ...] = ("fd", "kid", "l2_uvp", "transport_cost")
+METRICS: tuple[str, ...] = METRIC_NAMES
 MODES: tuple[str, ...] = ("min", "max")
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 SAMPLER_TYPES: tuple[str, ...] = ("tpe", "random")

@@ -225,6 +225,7 @@ class TrialRow:
     metric: float
     params: dict[str, Any]
     checkpoint_path: str | None
+    worker_nodes: str = ""  # Ray node ids of the trial's Train workers, in rank order
 
 
 def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
@@ -242,6 +243,7 @@ def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
             metric=value,
             params={k: v for k, v in trial_overrides(result.config or {}).items() if k in searched},
             checkpoint_path=metrics.get("checkpoint_path"),
+            worker_nodes=str(metrics.get("worker_nodes", "")),
         ))
     return sorted(rows, key=lambda r: (r.status != "OK", math.isnan(r.metric), sign * (r.metric if not math.isnan(r.metric) else 0)))
 

@@ -1,0 +1,188 @@
+"""Scale-out and resilience with real processes: multi-node placement, killed workers, a killed
+driver, a diverging trial, a removed node. Slow; each test runs a small real sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+import mlflow  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from dmf_ray.tune import main as tune_main  # noqa: E402
+from dmf_ray.tune import run as tune_run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+FIXED = {"steps": 200, "eval_every": 50, "batch_size": 64, "eval_samples": 500, "data.n_train": 2000,
+         "data.n_test": 500, "model.width": 32, "model.depth": 2}
+
+
+def write_space(path: Path, *, num_samples: int, workers: int = 1, cpus: float = 1, params: dict | None = None,
+                fixed: dict | None = None, scheduler: str = "none") -> Path:
+    space = {
+        "metric": "fd", "mode": "min", "num_samples": num_samples, "max_concurrent": 2,
+        "sampler": {"type": "random", "seed": 0},
+        "scheduler": {"type": scheduler},
+        "resources": {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": 0},
+        "fixed": {**FIXED, **(fixed or {})},
+        "params": params or {"drift.temperatures": {"type": "categorical", "choices": [[0.2], [0.5]]}},
+    }
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def trial_runs(plan) -> list:
+    client = mlflow.MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+
+
+def wait_for(predicate, timeout: float, poll: float = 0.5):
+    """Poll until predicate() is truthy (bounded); returns its value or None."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    return None
+
+
+def first_checkpoint(storage: Path):
+    return next(iter(storage.glob("*/train_runs/*/checkpoint_*")), None)
+
+
+@pytest.fixture
+def two_node_cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    yield cluster, worker
+    cluster.shutdown()
+
+
+def test_train_workers_land_on_both_nodes_of_a_two_node_cluster(two_node_cluster, tmp_path, capsys) -> None:
+    cluster, _ = two_node_cluster
+    # 2 workers x 1.5 CPUs cannot share a 2-CPU node: placement must use both nodes.
+    space = write_space(tmp_path / "mn.yaml", num_samples=1, workers=2, cpus=1.5)
+    args = ["--space", str(space), "--address", cluster.address, "--storage-path", str(tmp_path / "store"), "--name", "mn"]
+    assert tune_main(args) == 2  # a node-local folder is refused on a cluster ...
+    assert "storage-path" in capsys.readouterr().err
+    out = tune_run(args + ["--shared-storage"])  # ... unless declared shared (one machine here)
+    row = out["rows"][0]
+    assert row.status == "OK" and row.step == FIXED["steps"]
+    node_ids = {n.node_id for n in cluster.list_all_nodes()}
+    assert set(row.worker_nodes.split(",")) == node_ids
+
+
+def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorded_once(tmp_path) -> None:
+    from ray.util.state import list_actors
+
+    space = write_space(tmp_path / "kill.yaml", num_samples=1, fixed={"steps": 400})
+    storage = tmp_path / "store"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        if wait_for(lambda: first_checkpoint(storage), timeout=240) is None:
+            return
+        actors = wait_for(lambda: list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]), 60)
+        for actor in actors or []:
+            os.kill(actor.pid, signal.SIGKILL)
+            killed.append(actor.pid)
+            return
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    out = tune_run(["--space", str(space), "--storage-path", str(storage), "--name", "kill"])
+    killer.join(timeout=10)
+    assert killed, "the test never killed a worker"
+    row = out["rows"][0]
+    assert row.status == "OK" and row.step == 400
+    (run,) = trial_runs(out["plan"])
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(out["plan"].tracking_uri)
+    assert len(client.get_metric_history(run.info.run_id, "final_fd")) == 1
+
+
+def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path) -> None:
+    space = write_space(
+        tmp_path / "nan.yaml", num_samples=4,
+        fixed={"optim.name": "sgd", "drift.preset": "reference", "steps": 100},
+        params={"optim.lr": {"type": "categorical", "choices": [0.01, 1.0e6]}},
+    )
+    out = tune_run(["--space", str(space), "--storage-path", str(tmp_path / "store"), "--name", "nan"])
+    by_lr = {}
+    for row in out["rows"]:
+        by_lr.setdefault(row.params["optim.lr"], []).append(row)
+    assert 1.0e6 in by_lr and 0.01 in by_lr, "the seeded sampler should try both learning rates"
+    assert all(r.status == "DIVERGED" for r in by_lr[1.0e6])
+    assert all(r.status == "OK" and r.step == 100 for r in by_lr[0.01])
+    runs = trial_runs(out["plan"])
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == len(by_lr[1.0e6])
+    assert all("diverged" in r.data.tags["dmf_ray.end_reason"] and "nan" in r.data.tags["dmf_ray.end_reason"] for r in failed)
+    assert out["registered"] is not None  # a healthy trial still became the champion
+
+
+def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, tmp_path) -> None:
+    cluster, worker = two_node_cluster
+    # One trial per node (1.5 of 2 CPUs each); losing a node loses whatever ran on it.
+    space = write_space(tmp_path / "lose.yaml", num_samples=2, cpus=1.5, fixed={"steps": 300})
+    storage = tmp_path / "store"
+
+    def remove_node() -> None:
+        if wait_for(lambda: first_checkpoint(storage), timeout=240) is not None:
+            cluster.remove_node(worker)
+
+    remover = threading.Thread(target=remove_node, daemon=True)
+    remover.start()
+    out = tune_run(["--space", str(space), "--address", cluster.address, "--storage-path", str(storage),
+                    "--shared-storage", "--name", "lose"])
+    remover.join(timeout=10)
+    assert len([n for n in ray.nodes() if n["Alive"]]) <= 1 or not ray.is_initialized()
+    assert [r.status for r in out["rows"]] == ["OK", "OK"]
+    assert all(r.step == 300 for r in out["rows"])
+    assert len(trial_runs(out["plan"])) == 2
+
+
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path) -> None:
+    space = write_space(tmp_path / "drv.yaml", num_samples=4, fixed={"steps": 150})
+    storage = tmp_path / "store"
+    args = ["--space", str(space), "--storage-path", str(storage), "--name", "drv"]
+    driver = subprocess.Popen([sys.executable, "-m", "dmf_ray.tune", *args], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = storage / "mlflow.db"
+
+    def finished_trials():
+        if not db.exists():
+            return None
+        client = mlflow.MlflowClient(f"sqlite:///{db}")
+        exp = client.get_experiment_by_name("dmf-sweeps")
+        if exp is None:
+            return None
+        runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        done = {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
+        return done if done and len(done) < 4 else None
+
+    try:
+        before = wait_for(finished_trials, timeout=300, poll=1.0)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    assert before, "no trial finished before the driver was killed"
+    out = tune_run(args + ["--resume"])
+    runs = trial_runs(out["plan"])
+    assert len(runs) == 4 and len({r.data.tags["dmf_ray.trial_id"] for r in runs}) == 4
+    assert all(r.info.status == "FINISHED" for r in runs)
+    after = {r.info.run_id: r.info.end_time for r in runs}
+    assert all(after[run_id] == end for run_id, end in before.items())  # finished trials were not rerun
