@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import ray.train
 from ray import tune
@@ -72,6 +73,12 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     the sweep metric: Optuna records the trial as pruned, MLflow as FAILED with the reason, and
     the sweep goes on. Real failures (a lost node) raise and get one Tune retry.
     """
+    trial_id = tune.get_context().get_trial_id()
+    done = _final_result_path(plan, trial_id)
+    previous = _read_json(done)
+    if previous is not None:  # finished before the driver died: report it again, do not retrain
+        tune.report(previous)
+        return
     cfg = plan.trial_config(tune_config)
     res: ResourceSpec = plan.spec.resources
     trainer = TorchTrainer(
@@ -85,14 +92,37 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
             resources_per_worker={"CPU": res.cpus_per_worker - TRIAL_CPU / res.workers, "GPU": res.gpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=tune.get_context().get_trial_id(),
+            name=trial_id,
             storage_path=f"{plan.sweep_dir}/{TRAIN_RUNS}",
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    trainer.fit()
+    result = trainer.fit()
+    if result.metrics is not None:
+        _write_json(done, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
+                    | {"checkpoint_path": result.checkpoint.path if result.checkpoint else None})
+
+
+def _final_result_path(plan: SweepPlan, trial_id: str) -> str:
+    return f"{plan.sweep_dir}/{TRAIN_RUNS}/{trial_id}/final_result.json"
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    """A small JSON file on local or remote (s3://, gs://) storage, or None if absent."""
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as fh:
+        return json.loads(fh.read())
+
+
+def _write_json(uri: str, data: dict[str, Any]) -> None:
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as fh:
+        fh.write(json.dumps(data).encode())
 
 
 class MLflowSweepCallback(tune.Callback):
@@ -106,6 +136,7 @@ class MLflowSweepCallback(tune.Callback):
         self.plan = plan
         self._tracker: SweepTracker | None = None
         self._runs: dict[str, str] = {}
+        self._closed: set[str] = set()  # trials whose MLflow run had ended before (a resumed sweep)
         self._data: dict[DataConfig, TranslationData] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -122,18 +153,27 @@ class MLflowSweepCallback(tune.Callback):
 
     def run_id(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:
-            self._runs[trial.trial_id] = self.tracker.trial_run(trial.trial_id, trial_overrides(trial.config))
+            run_id = self.tracker.trial_run(trial.trial_id, trial_overrides(trial.config))
+            if self.tracker.client.get_run(run_id).info.status in ("FINISHED", "KILLED"):
+                self._closed.add(trial.trial_id)
+            self._runs[trial.trial_id] = run_id
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "step" in result and not result.get("diverged"):
+        if "step" in result and not result.get("diverged") and not self._is_closed(trial):
             scores = {k: result[k] for k in SCORE_KEYS if k in result}
             self.tracker.log_eval(self.run_id(trial), int(result["step"]), scores)
 
+    def _is_closed(self, trial: Any) -> bool:
+        self.run_id(trial)
+        return trial.trial_id in self._closed
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._is_closed(trial):
+            return
         run_id = self.run_id(trial)
         last = trial.last_result or {}
         cfg = self.plan.trial_config(trial.config)

@@ -1,5 +1,5 @@
-"""Scale-out and resilience with real processes: multi-node placement, killed workers, a killed
-driver, a diverging trial, a removed node. Slow; each test runs a small real sweep."""
+"""Scale-out and resilience with real processes: multi-node placement, a killed Train worker, a
+killed sweep driver, a diverging trial. Slow; each test runs a small real sweep."""
 
 from __future__ import annotations
 
@@ -134,55 +134,32 @@ def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path) -
     assert out["registered"] is not None  # a healthy trial still became the champion
 
 
-def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, tmp_path) -> None:
-    cluster, worker = two_node_cluster
-    # One trial per node (1.5 of 2 CPUs each); losing a node loses whatever ran on it.
-    space = write_space(tmp_path / "lose.yaml", num_samples=2, cpus=1.5, fixed={"steps": 300})
-    storage = tmp_path / "store"
-
-    def remove_node() -> None:
-        if wait_for(lambda: first_checkpoint(storage), timeout=240) is not None:
-            cluster.remove_node(worker)
-
-    remover = threading.Thread(target=remove_node, daemon=True)
-    remover.start()
-    out = tune_run(["--space", str(space), "--address", cluster.address, "--storage-path", str(storage),
-                    "--shared-storage", "--name", "lose"])
-    remover.join(timeout=10)
-    assert len([n for n in ray.nodes() if n["Alive"]]) <= 1 or not ray.is_initialized()
-    assert [r.status for r in out["rows"]] == ["OK", "OK"]
-    assert all(r.step == 300 for r in out["rows"])
-    assert len(trial_runs(out["plan"])) == 2
-
-
 def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path) -> None:
     space = write_space(tmp_path / "drv.yaml", num_samples=4, fixed={"steps": 150})
     storage = tmp_path / "store"
     args = ["--space", str(space), "--storage-path", str(storage), "--name", "drv"]
     driver = subprocess.Popen([sys.executable, "-m", "dmf_ray.tune", *args], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = storage / "mlflow.db"
 
-    def finished_trials():
-        if not db.exists():
-            return None
-        client = mlflow.MlflowClient(f"sqlite:///{db}")
-        exp = client.get_experiment_by_name("dmf-sweeps")
-        if exp is None:
-            return None
-        runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-        done = {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
-        return done if done and len(done) < 4 else None
+    def some_trials_done():  # the trials' own markers: no reads of a store still being created
+        done = list(storage.glob("drv/train_runs/*/final_result.json"))
+        return done if 0 < len(done) < 4 else None
 
     try:
-        before = wait_for(finished_trials, timeout=300, poll=1.0)
+        marked = wait_for(some_trials_done, timeout=300, poll=0.5)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-    assert before, "no trial finished before the driver was killed"
+    assert marked, "no trial finished before the driver was killed"
+    client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("dmf-sweeps")
+    before = {r.info.run_id: r.info.end_time for r in client.search_runs([exp.experiment_id])
+              if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"}
     out = tune_run(args + ["--resume"])
     runs = trial_runs(out["plan"])
     assert len(runs) == 4 and len({r.data.tags["dmf_ray.trial_id"] for r in runs}) == 4
     assert all(r.info.status == "FINISHED" for r in runs)
     after = {r.info.run_id: r.info.end_time for r in runs}
     assert all(after[run_id] == end for run_id, end in before.items())  # finished trials were not rerun
+    reported = {p.parent.name for p in storage.glob("drv/train_runs/*/final_result.json")}
+    assert len(reported) == 4
