@@ -17,7 +17,8 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +173,12 @@ class MLflowSweepCallback(tune.Callback):
         return trial.trial_id in self._closed
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self._is_closed(trial):
-            return
-        run_id = self.run_id(trial)
-        last = trial.last_result or {}
-        cfg = self.plan.trial_config(trial.config)
+        if not self._is_closed(trial):
+            self.close_trial(self.run_id(trial), trial.config, trial.last_result or {})
+
+    def close_trial(self, run_id: str, config: dict[str, Any], last: dict[str, Any]) -> None:
+        """End a trial's MLflow run from its last result: files, final metrics, status, reason."""
+        cfg = self.plan.trial_config(config)
         step = int(last.get("step", 0))
         self._log_trial_files(run_id, cfg, last.get("checkpoint_path"))
         final = {k: last[k] for k in SCORE_KEYS if k in last}
@@ -266,6 +268,8 @@ class TrialRow:
     params: dict[str, Any]
     checkpoint_path: str | None
     worker_nodes: str = ""  # Ray node ids of the trial's Train workers, in rank order
+    config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config
+    last: dict[str, Any] = field(default_factory=dict)  # its last reported result
 
 
 def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
@@ -275,6 +279,9 @@ def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
+        if "step" not in metrics:  # Tune lost the trial's results in a driver crash: use its marker
+            trial_id = _trial_id_from_path(str(result.path))
+            metrics = (_read_json(_final_result_path(plan, trial_id)) or {"trial_id": trial_id}) if trial_id else metrics
         value = float(metrics.get(metric, math.nan))
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id", str(result.path).rsplit("/", 1)[-1]),
@@ -284,6 +291,8 @@ def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
             params={k: v for k, v in trial_overrides(result.config or {}).items() if k in searched},
             checkpoint_path=metrics.get("checkpoint_path"),
             worker_nodes=str(metrics.get("worker_nodes", "")),
+            config=dict(result.config or {}),
+            last=dict(metrics),
         ))
     return sorted(rows, key=lambda r: (r.status != "OK", math.isnan(r.metric), sign * (r.metric if not math.isnan(r.metric) else 0)))
 
@@ -303,6 +312,12 @@ def markdown(table: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in body]) + "\n"
 
 
+def _trial_id_from_path(path: str) -> str | None:
+    """Tune names trial folders ``<trainable>_<trial_id>_<index>_...``; ours is ``run_trial``."""
+    match = re.search(r"run_trial_([0-9a-f]{8})_", path.rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
 def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple[Path, Path]:
     """top_trials.csv and top_trials.md (all trials, ranked) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +327,24 @@ def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple
         csv.writer(fh).writerows(table)
     md_path.write_text(markdown(table))
     return csv_path, md_path
+
+
+def close_open_runs(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker) -> int:
+    """Close MLflow runs of trials Tune reports done but whose run is still open.
+
+    A driver killed between Tune saving a trial as finished and the callback ending its run
+    leaves the run RUNNING; a resumed sweep does not revisit that trial, so close it here.
+    """
+    callback = MLflowSweepCallback(plan)
+    callback._tracker = tracker
+    runs = tracker.trial_runs()  # read statuses without reopening anything
+    closed = 0
+    for row in rows:
+        run = runs.get(row.trial_id)
+        if row.status != "ERROR" and run is not None and run.info.status == "RUNNING":
+            callback.close_trial(run.info.run_id, row.config, row.last)
+            closed += 1
+    return closed
 
 
 def register_best(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker) -> tuple[str, Any] | None:

@@ -168,7 +168,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    from dmf_ray.sweep import RAY_ENV, build_tuner, open_tracker, register_best, summarise, write_summary
+    from dmf_ray.sweep import RAY_ENV, build_tuner, close_open_runs, open_tracker, register_best, summarise, write_summary
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -182,6 +182,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
     csv_path, md_path = write_summary(plan, rows, out_dir)
     tracker = open_tracker(plan)
+    close_open_runs(plan, rows, tracker)
     registered = register_best(plan, rows, tracker)
     ok = [r for r in rows if r.status == "OK"]
     tracker.finish_sweep("FINISHED", {"trials": len(rows), "failed_trials": len(rows) - len(ok),
