@@ -284,7 +284,7 @@ def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
             metrics = (_read_json(_final_result_path(plan, trial_id)) or {"trial_id": trial_id}) if trial_id else metrics
         value = float(metrics.get(metric, math.nan))
         rows.append(TrialRow(
-            trial_id=metrics.get("trial_id", str(result.path).rsplit("/", 1)[-1]),
+            trial_id=metrics.get("trial_id") or _trial_id_from_path(str(result.path)) or str(result.path).rsplit("/", 1)[-1],
             status="ERROR" if result.error else ("DIVERGED" if metrics.get("diverged") else "OK"),
             step=int(metrics.get("step", 0)),
             metric=value,
