@@ -340,9 +340,13 @@ def close_open_runs(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker
     runs = tracker.trial_runs()  # read statuses without reopening anything
     closed = 0
     for row in rows:
-        run = runs.get(row.trial_id)
+        run = runs.pop(row.trial_id, None)
         if row.status != "ERROR" and run is not None and run.info.status == "RUNNING":
             callback.close_trial(run.info.run_id, row.config, row.last)
+            closed += 1
+    for run in runs.values():  # started, but the crashed driver's Tune snapshot never had it
+        if run.info.status == "RUNNING":
+            tracker.finish_trial(run.info.run_id, "KILLED", reason="lost: the sweep driver died before Tune recorded this trial")
             closed += 1
     return closed
 

@@ -157,8 +157,11 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
               if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"}
     out = tune_run(args + ["--resume"])
     runs = trial_runs(out["plan"])
-    run_trials = [r.data.tags["dmf_ray.trial_id"] for r in runs]
-    assert sorted(run_trials) == sorted(row.trial_id for row in out["rows"])  # one run per trial
+    tune_trials = sorted(row.trial_id for row in out["rows"])
+    kept = [r for r in runs if r.data.tags["dmf_ray.trial_id"] in tune_trials]
+    assert sorted(r.data.tags["dmf_ray.trial_id"] for r in kept) == tune_trials  # one run per trial
+    lost = [r for r in runs if r not in kept]  # started but never recorded by the killed driver's Tune
+    assert all(r.info.status == "KILLED" and r.data.tags["dmf_ray.end_reason"].startswith("lost") for r in lost)
     assert all(r.info.status != "RUNNING" for r in runs)  # none left open
     after = {r.info.run_id: r.info.end_time for r in runs}
     assert {k: after[k] for k in before} == before  # runs finished before the kill were not redone
