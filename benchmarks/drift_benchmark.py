@@ -1,11 +1,17 @@
 """Drift throughput and peak memory over a grid of (B, M, D, temperatures), vs a naive dense baseline.
 
-Each configuration runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its
-own; "extra" memory is the peak minus the resident size just before the call (inputs included
-in the baseline). Throughput counts the FLOPs of the algorithm's matrix products:
-2*B*N*D for the distances plus 2*B*N*D per temperature for the weighted sums (N = B + M).
-The naive baseline (dmf_ray.drift_naive, the released algorithm transcribed densely) runs in
-the same subprocess, so the ratio is robust to machine noise.
+Three implementations: "ours" (``compute_drift``, reference preset, defaults: on CPU the
+affinities at the released floor are a rank-one term and only the entries above it go through
+a sparse product), "dense" (the same with ``sparse_max_density=0``: every product dense, the
+path CUDA runs) and "naive" (dmf_ray.drift_naive, the released algorithm transcribed densely).
+Their times come from one subprocess, rounds interleaved, so the ratios are robust to machine
+noise; peak resident memory (ru_maxrss) comes from a fresh subprocess per implementation, as
+peak minus the resident size just before the call. Throughput counts the FLOPs of the
+algorithm's matrix products, 2*B*N*D for the distances plus 2*B*N*D per temperature for the
+weighted sums (N = B + M), whether or not they are executed: for "ours" it is an effective
+rate, and can exceed the machine's matmul peak because the floor's share is never multiplied.
+"above floor" is the fraction of sqrt(row-softmax x column-softmax) entries above the floor
+per temperature, the data property the sparse path's speed depends on.
 
     python benchmarks/drift_benchmark.py            # default grid (about 3 minutes on 2 cores)
     python benchmarks/drift_benchmark.py --large    # adds B = M = 16384, D = 512 (chunked)
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -49,26 +56,64 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def measure(b: int, m: int, d: int, n_temps: int, impl: str, chunk: int | None = None) -> dict:
-    """Run in a subprocess: time and peak extra memory of one implementation."""
+def _inputs(b: int, m: int, d: int):
     import torch
-
-    from dmf_ray.drift import compute_drift
-    from dmf_ray.drift_naive import naive_reference_drift
 
     torch.set_flush_denormal(True)
     g = torch.Generator().manual_seed(0)
-    gen = torch.randn(b, d, generator=g)
-    pos = torch.randn(m, d, generator=g) + 0.5
-    temps = TEMPS[:n_temps]
-    if impl == "ours":
-        fn = lambda: compute_drift(gen, pos, preset="reference", temperatures=temps, chunk_size=chunk)  # noqa: E731
-    else:
-        fn = lambda: naive_reference_drift(gen, pos, temperatures=temps)  # noqa: E731
+    return torch.randn(b, d, generator=g), torch.randn(m, d, generator=g) + 0.5
+
+
+def _impls(gen, pos, temps: tuple[float, ...], chunk: int | None) -> dict:
+    from dmf_ray.drift import compute_drift
+    from dmf_ray.drift_naive import naive_reference_drift
+
+    return {
+        "ours": lambda: compute_drift(gen, pos, preset="reference", temperatures=temps, chunk_size=chunk),
+        "dense": lambda: compute_drift(
+            gen, pos, preset="reference", temperatures=temps, chunk_size=chunk, sparse_max_density=0.0
+        ),
+        "naive": lambda: naive_reference_drift(gen, pos, temperatures=temps),
+    }
+
+
+def measure(b: int, m: int, d: int, n_temps: int, impl: str, chunk: int | None = None) -> dict:
+    """Run in a subprocess: time and peak extra memory of one implementation."""
+    gen, pos = _inputs(b, m, d)
+    fn = _impls(gen, pos, TEMPS[:n_temps], chunk)[impl]
     before = _rss_mib()
     repeats = 1 if b * (b + m) > 2**26 else 3
     seconds = _time(fn, repeats)
     return {"seconds": seconds, "peak_extra_mib": _rss_mib() - before}
+
+
+def race(b: int, m: int, d: int, n_temps: int) -> dict:
+    """Run in a subprocess: the three implementations timed in one process, rounds interleaved
+    (best of 3 each), so machine noise hits all of them alike; plus the fraction of affinities
+    above the released floor per temperature -- the data property the sparse path exploits."""
+    import torch
+
+    gen, pos = _inputs(b, m, d)
+    temps = TEMPS[:n_temps]
+    impls = _impls(gen, pos, temps, None)
+    for fn in impls.values():
+        fn()  # warm-up
+    best = dict.fromkeys(impls, float("inf"))
+    for _ in range(3):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    targets = torch.cat([gen, pos])
+    dist = torch.cdist(gen, targets)
+    dist = dist / dist.mean()
+    dist[torch.arange(b), torch.arange(b)] = float("inf")
+    above = []
+    for t in temps:
+        logits = -dist / t
+        log_aff = 0.5 * (logits.log_softmax(1) + logits.log_softmax(0))
+        above.append(float((log_aff > 0.5 * math.log(1e-6)).float().mean()))
+    return {"seconds": best, "above_floor": above}
 
 
 def _run_child(b: int, m: int, d: int, t: int, impl: str, chunk: int | None = None) -> dict:
@@ -93,7 +138,8 @@ def main() -> None:
     p.add_argument("--child")
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure(*json.loads(args.child))))
+        b, m, d, t, impl, chunk = json.loads(args.child)
+        print(json.dumps(race(b, m, d, t) if impl == "race" else measure(b, m, d, t, impl, chunk)))
         return
     import torch
 
@@ -103,20 +149,32 @@ def main() -> None:
     if args.chunks:
         chunk_table(args.chunks)
         return
-    header = "| B | M | D | T | ours s | ours GFLOP/s | % of matmul | ours extra MiB | naive s | naive extra MiB | speed-up |"
+    header = (
+        "| B | M | D | T | above floor per T | ours s | ours eff. GFLOP/s | % of matmul | dense s | dense % of matmul "
+        "| naive s | ours vs naive | dense vs naive | ours extra MiB | naive extra MiB |"
+    )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for b, m, d, t in GRID + (LARGE if args.large else []):
         flops = 2 * b * (b + m) * d * (1 + t)
-        ours = _run_child(b, m, d, t, "ours")
-        gflops = flops / ours["seconds"] / 1e9
+        ours_mem = _run_child(b, m, d, t, "ours")
         if b * (b + m) <= NAIVE_MAX_ELEMENTS:
-            naive = _run_child(b, m, d, t, "naive")
-            naive_cols = f"{naive['seconds']:.3f} | {naive['peak_extra_mib']:.0f} | {naive['seconds'] / ours['seconds']:.2f}x"
+            r = _run_child(b, m, d, t, "race")
+            sec = r["seconds"]
+            above = " / ".join(f"{100 * a:.1f}%" for a in r["above_floor"])
+            naive_mem = _run_child(b, m, d, t, "naive")["peak_extra_mib"]
+            cols = (
+                f"{above} | {sec['ours']:.3f} | {flops / sec['ours'] / 1e9:.1f} | {100 * flops / sec['ours'] / 1e9 / peak:.0f}% | "
+                f"{sec['dense']:.3f} | {100 * flops / sec['dense'] / 1e9 / peak:.0f}% | {sec['naive']:.3f} | "
+                f"{sec['naive'] / sec['ours']:.2f}x | {sec['naive'] / sec['dense']:.2f}x | {ours_mem['peak_extra_mib']:.0f} | {naive_mem:.0f}"
+            )
         else:
-            naive_cols = "skipped (needs > 8 GB) | – | –"
-        print(f"| {b} | {m} | {d} | {t} | {ours['seconds']:.3f} | {gflops:.1f} | {100 * gflops / peak:.0f}% | "
-              f"{ours['peak_extra_mib']:.0f} | {naive_cols} |", flush=True)
+            s_ours = ours_mem["seconds"]
+            cols = (
+                f"– | {s_ours:.3f} | {flops / s_ours / 1e9:.1f} | {100 * flops / s_ours / 1e9 / peak:.0f}% | – | – | "
+                f"skipped (needs > 8 GB) | – | – | {ours_mem['peak_extra_mib']:.0f} | –"
+            )
+        print(f"| {b} | {m} | {d} | {t} | {cols} |", flush=True)
 
 
 def chunk_table(chunks: list[int]) -> None:

@@ -19,13 +19,26 @@ Options: Laplace or Gaussian kernel, several temperatures summed, distance norma
 (coordinates divided by mean-distance / sqrt(D)), per-temperature drift normalisation (each
 temperature's force scaled to unit RMS). Presets are data (``PRESETS``), not code paths.
 
+Sparse above-floor path (``bidirectional`` with a floor, CPU): every affinity is the floor f
+plus an excess r = max(a - f, 0). The floor part is a constant matrix, so its weighted sum is a
+rank-one term (f times the column sums of the targets), and only the entries with r > 0 need
+the product. Few can: a_ij > f needs row-softmax x column-softmax > f^2, and since
+sum_ij a_ij <= sqrt(B N) (Cauchy-Schwarz) at most sqrt(B N) / f entries exceed the floor.
+When at most ``sparse_max_density`` of a chunk's entries are candidates (a bound test per
+temperature, u_ij < row part + column part), their coefficients go through one stacked sparse
+CSR product; otherwise the dense product runs. The result is the same to float32 round-off
+(tests/test_drift.py); the speed depends on the data (benchmarks/RESULTS.md). CUDA always runs
+the dense product: counting the candidates would cost a host sync per step.
+
 Memory: the B x N kernel work (N = B + K + M) runs in row chunks of ``chunk_size`` generated
 samples. Peak extra memory is about ``4 * chunk * N * (T + 2)`` bytes for the chunk's distance
 and stacked coefficient matrices (T temperatures) plus ``4 * T * B * D`` bytes for the
-per-temperature forces -- bounded by the chunk, never by B x N. With several chunks the
-distance matrix is recomputed once per pass (mean distance, column log-sum-exp, forces)
-instead of being stored. ``matmul_precision="bf16"`` adds a bfloat16 copy of the coefficient
-matrices, ``2 * chunk * N * T`` bytes.
+per-temperature forces -- bounded by the chunk, never by B x N. The sparse path replaces the
+coefficient matrices by two boolean masks (``2 * chunk * N`` bytes) and index arrays of at most
+about ``(20 + 60 T) * sparse_max_density * chunk * N`` bytes. With several chunks the distance
+matrix is recomputed once per pass (mean distance, column log-sum-exp, forces) instead of
+being stored. ``matmul_precision="bf16"`` adds a bfloat16 copy of the coefficient matrices,
+``2 * chunk * N * T`` bytes.
 
 All elementwise math, softmaxes and accumulation are float32 (inputs in bf16/fp16 are upcast);
 nothing here needs gradients. ``matmul_precision`` picks the matrix products' input precision:
@@ -39,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol
@@ -71,6 +85,9 @@ _FORCE_MS_FLOOR = 1e-8
 # Elements of one (chunk x N) matrix allowed by the automatic chunk size (512 MiB of float32
 # over the distance matrix and the stacked coefficient matrices together).
 _AUTO_CHUNK_ELEMENTS = 2**27
+# Entries per row tile of the elementwise passes (4 MiB of float32: several passes over one
+# tile stay in the 2 MiB-per-core L2 / shared L3 of the machines we measured).
+_TILE_ELEMENTS = 2**20
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,11 @@ class DriftConfig:
             512 MiB of chunk matrices.
         matmul_precision: ``fp32`` | ``tf32`` | ``bf16`` input precision of the matrix products
             (module docstring); softmaxes and accumulation stay float32.
+        sparse_max_density: ``bidirectional`` with a positive ``affinity_floor`` on CPU: affinities
+            at the floor add a rank-one term, so when at most this fraction of a chunk's entries
+            can lie above the floor the weighted sums run as one sparse product over those
+            entries (exact; module docstring). 0 always uses the dense product; CUDA always
+            does (the sparse path must count entries on the host).
         family: which drift family trains the generator (``FAMILIES``; see
             :mod:`dmf_ray.families`). ``drifting`` (the default) is :func:`drift_field` unchanged.
         sinkhorn_epsilon: entropic regularisation of the ``sinkhorn`` family, on the squared
@@ -110,6 +132,7 @@ class DriftConfig:
     affinity_floor: float = 1e-6
     chunk_size: int | None = None
     matmul_precision: MatmulPrecision = "fp32"
+    sparse_max_density: float = 0.08
     family: Family = "drifting"
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 50
@@ -141,6 +164,10 @@ class DriftConfig:
             raise ConfigError(
                 "drift.matmul_precision", f"must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
             )
+        density = self.sparse_max_density
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
+            raise ConfigError("drift.sparse_max_density", f"must be a number in [0, 1], got {density!r}")
+        object.__setattr__(self, "sparse_max_density", float(density))
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or int(self.chunk_size) < 1):
             raise ConfigError("drift.chunk_size", f"must be a positive integer or null, got {self.chunk_size!r}")
         if not isinstance(self.family, str) or self.family not in FAMILIES:
@@ -288,9 +315,9 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
     if cfg.distance_norm:
         if chunk >= b:
             cached = ws.distances(x, targets)
-            total = cached.sum(dtype=torch.float64)
+            total = _float64_total(cached)
         else:
-            total = sum(ws.distances(x[local(s)], targets).sum(dtype=torch.float64) for s in starts)
+            total = sum(_float64_total(ws.distances(x[local(s)], targets)) for s in starts)
         scale = (_reduce(shard, "sum", total) / (b_total * n)).float()
     else:
         scale = x.new_ones(())
@@ -341,6 +368,14 @@ def _tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+def _float64_total(m: Tensor) -> Tensor:
+    """Sum of a float32 matrix: rows summed in float32 (pairwise, in cache), rows in float64.
+
+    ``m.sum(dtype=float64)`` converts the whole matrix first, which costs more than the sum.
+    """
+    return m.sum(1).sum(dtype=torch.float64)
+
+
 def _reduce(shard: RowShard | None, op: str, t: Tensor) -> Tensor:
     """Reduce a per-process partial result across the shard's processes (identity without one)."""
     return t if shard is None else getattr(shard, op)(t)
@@ -350,18 +385,23 @@ class _Workspace:
     """Chunk-sized buffers reused across chunks and passes.
 
     Fresh 100 MB tensors cost more in page faults than the arithmetic done on them, so the
-    distance matrix, one scratch matrix and the stacked coefficient matrices are allocated once
-    per call and every elementwise step writes into them in place.
+    distance matrix, one scratch matrix and the stacked coefficient matrices (or the sparse
+    path's masks) are allocated once per call and every elementwise step writes into them in
+    place.
     """
 
     def __init__(self, chunk: int, n: int, n_temps: int, device: torch.device, precision: str = "fp32") -> None:
         self.n = n
         self.n_temps = n_temps
         self.precision = precision
+        self.chunk = chunk
+        self.device = device
         self._dist = torch.empty(chunk * n, device=device)
         self._scratch = torch.empty(chunk * n, device=device)
-        self._coeff = torch.empty(n_temps * chunk * n, device=device)
-        self._coeff_bf16 = torch.empty(n_temps * chunk * n if precision == "bf16" else 0, device=device, dtype=torch.bfloat16)
+        # allocated on first use: a call served by the sparse floor path needs masks, not these
+        self._coeff: Tensor | None = None
+        self._masks: Tensor | None = None
+        self._coeff_bf16: Tensor | None = None
         self._targets_bf16: Tensor | None = None
 
     def weighted_sums(self, coeff: Tensor, targets: Tensor) -> Tensor:
@@ -376,6 +416,8 @@ class _Workspace:
                 return torch.mm(coeff, targets)
         if self._targets_bf16 is None:
             self._targets_bf16 = targets.to(torch.bfloat16)
+        if self._coeff_bf16 is None:
+            self._coeff_bf16 = torch.empty(self.n_temps * self.chunk * self.n, device=self.device, dtype=torch.bfloat16)
         low = self._coeff_bf16[: coeff.numel()].view(coeff.shape).copy_(coeff)
         return torch.mm(low, self._targets_bf16).float()
 
@@ -391,7 +433,15 @@ class _Workspace:
     def scratch(self, c: int) -> Tensor:
         return self._scratch[: c * self.n].view(c, self.n)
 
+    def masks(self, c: int) -> Tensor:
+        """Two boolean [c, N] matrices (the sparse floor path's candidates and a scratch mask)."""
+        if self._masks is None:
+            self._masks = torch.empty(2 * self.chunk * self.n, device=self.device, dtype=torch.bool)
+        return self._masks[: 2 * c * self.n].view(2, c, self.n)
+
     def coeff(self, c: int) -> Tensor:
+        if self._coeff is None:
+            self._coeff = torch.empty(self.n_temps * self.chunk * self.n, device=self.device)
         return self._coeff[: self.n_temps * c * self.n].view(self.n_temps, c, self.n)
 
 
@@ -459,15 +509,38 @@ def _lse_(buf: Tensor, shift: Tensor, dim: int) -> Tensor:
     return buf.sum(dim).log_().add_(shift.squeeze(dim))
 
 
+def _row_tiles(rows: int, n: int) -> list[slice]:
+    """Row slices of about ``_TILE_ELEMENTS`` entries: several passes over one tile stay in cache."""
+    step = max(1, _TILE_ELEMENTS // max(n, 1))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _kernel_lse(u: Tensor, kappas: list[float], dim: int, scratch: Tensor) -> Tensor:
+    """log sum exp(-kappa * u) along ``dim`` for every kappa: [T, c] (dim 1) or [T, N] (dim 0).
+
+    Each slice is shifted by its minimum of u (the kernel is monotone, so that is its maximum;
+    a fully masked slice, u = inf, gives -inf). Per cache-sized row tile and temperature: one
+    fused ``add`` (shift - kappa * u), one in-place exp, one sum -- once the products are fast,
+    these B x N passes bound the drift, and in cache they cost a third of a pass over memory.
+    """
+    u_min = u.amin(dim, keepdim=True)
+    finite = torch.finfo(u.dtype).max
+    shifts = [(u_min * kappa).clamp_max_(finite) for kappa in kappas]
+    tiles = _row_tiles(u.shape[0], u.shape[1])
+    sums = [[] for _ in kappas]
+    for tile in tiles:
+        buf = scratch[tile]
+        for t, kappa in enumerate(kappas):
+            shift = shifts[t][tile] if dim == 1 else shifts[t]
+            torch.add(shift, u[tile], alpha=-kappa, out=buf).exp_()
+            sums[t].append(buf.sum(dim))
+    total = [torch.cat(parts) if dim == 1 else torch.stack(parts).sum(0) for parts in sums]
+    return torch.stack([tot.log_().sub_(shift.squeeze(dim)) for tot, shift in zip(total, shifts)])
+
+
 def _column_logsumexp(u: Tensor, cfg: DriftConfig, ws: _Workspace) -> Tensor:
     """log sum_i k(x_i, y_j) over this chunk's rows, per temperature: [T, N]."""
-    scratch = ws.scratch(u.shape[0])
-    u_min = u.amin(0, keepdim=True)  # [1, N]
-    out = []
-    for kappa in _kappas(cfg):
-        torch.mul(u, -kappa, out=scratch)
-        out.append(_lse_(scratch, u_min * -kappa, dim=0))
-    return torch.stack(out)
+    return _kernel_lse(u, _kappas(cfg), 0, ws.scratch(u.shape[0]))
 
 
 def _chunk_forces(
@@ -482,18 +555,25 @@ def _chunk_forces(
     """Per-temperature forces [T, c, D] for one chunk, in input coordinates.
 
     Builds the coefficient matrices c_ij of all temperatures in place, then applies them in one
-    stacked product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i.
+    stacked product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i. The bidirectional form first
+    tries the sparse above-floor product (:func:`_sparse_floor_forces`).
     """
     c = u.shape[0]
     coeff = ws.coeff(c)  # [T, c, N]
     scratch = ws.scratch(c)
     neg, pos = slice(0, n_neg), slice(n_neg, None)
+    if cfg.normalization == "bidirectional":
+        if _sparse_floor_eligible(cfg, u):
+            row_lse, sparse = _sparse_floor_forces(targets, u, n_neg, cfg, ws, half_col_lse)
+            if sparse is not None:
+                return sparse
+        else:
+            row_lse = _kernel_lse(u, _kappas(cfg), 1, scratch)  # [T, c]
     for t, kappa in enumerate(_kappas(cfg)):
         logk = torch.mul(u, -kappa, out=coeff[t])  # [c, N]
         if cfg.normalization == "bidirectional":
             # log sqrt(row-softmax * col-softmax) = log k - row_lse / 2 - col_lse / 2
-            row_lse = _lse_(torch.mul(u, -kappa, out=scratch), u.amin(1, keepdim=True) * -kappa, dim=1)
-            logk.sub_(row_lse.mul_(0.5)[:, None]).sub_(half_col_lse[t][None, :]).exp_()
+            logk.sub_(row_lse[t].mul(0.5)[:, None]).sub_(half_col_lse[t][None, :]).exp_()
             aff = logk.clamp_min_(math.sqrt(cfg.affinity_floor))
             sum_neg = aff[:, neg].sum(1, keepdim=True)
             sum_pos = aff[:, pos].sum(1, keepdim=True)
@@ -506,6 +586,87 @@ def _chunk_forces(
     t_count = coeff.shape[0]
     weighted = ws.weighted_sums(coeff.view(t_count * c, -1), targets).view(t_count, c, -1)  # one product
     return weighted.sub_(coeff.sum(2, keepdim=True) * x_rows[None])
+
+
+def _sparse_floor_eligible(cfg: DriftConfig, u: Tensor) -> bool:
+    """The sparse path needs a floor, a host-side entry count (CPU) and fp32 products."""
+    return (
+        cfg.affinity_floor > 0.0
+        and cfg.sparse_max_density > 0.0
+        and u.device.type == "cpu"
+        and cfg.matmul_precision != "bf16"
+    )
+
+
+def _sparse_floor_forces(
+    targets: Tensor,
+    u: Tensor,
+    n_neg: int,
+    cfg: DriftConfig,
+    ws: _Workspace,
+    half_col_lse: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """Row log-sum-exp [T, c] and the bidirectional forces [T, c, D] from the entries above the
+    affinity floor only; exact.
+
+    With floor f = sqrt(affinity_floor), every affinity is a = f + r with r = max(a - f, 0).
+    The floor part is a constant matrix, so its weighted sum is f times a column sum of the
+    targets (rank one), and only r needs a product. r is sparse: a_ij > f needs
+    row-softmax x column-softmax > f^2, i.e. u_ij below a row part plus a column part for some
+    temperature; by Cauchy-Schwarz sum_ij a_ij <= sqrt(B N), so at most sqrt(B N) / f entries
+    can exceed the floor -- a fraction 1e3 / sqrt(B N) of the matrix at the released floor
+    (35% at B = M = 2048, 4% at B = M = 16384), and far fewer on real data
+    (benchmarks/RESULTS.md). The coefficient row sums cancel exactly (-A+ A- + A- A+ = 0), so
+    no x_i term remains. The row log-sum-exp and the candidate test share one pass over
+    cache-sized tiles of u.
+
+    The forces are None when more than ``sparse_max_density`` of the chunk's entries are
+    candidates; the caller then runs the dense product with the returned row log-sum-exp.
+    """
+    c, n = u.shape
+    t_count = len(cfg.temperatures)
+    kappas = torch.tensor(_kappas(cfg), device=u.device)[:, None]  # [T, 1]
+    # a_ij > f  <=>  -2 kappa u_ij - row_lse_i - col_lse_j > log(affinity_floor)
+    #           <=>  u_ij < row_part_i + col_part_j   (for at least one temperature)
+    col_part = (-2.0 * half_col_lse - math.log(cfg.affinity_floor)) / (2.0 * kappas)  # [T, N]
+    row_lse = u.new_empty(t_count, c)
+    bound, (candidates, hit) = ws.scratch(c), ws.masks(c)
+    for tile in _row_tiles(c, n):
+        row_lse[:, tile] = _kernel_lse(u[tile], _kappas(cfg), 1, bound[tile])
+        row_part = -row_lse[:, tile] / (2.0 * kappas)  # [T, tile]
+        for t in range(t_count):
+            torch.add(row_part[t, :, None], col_part[t][None, :], out=bound[tile])
+            if t == 0:
+                torch.lt(u[tile], bound[tile], out=candidates[tile])
+            else:
+                candidates[tile].logical_or_(torch.lt(u[tile], bound[tile], out=hit[tile]))
+    if int(torch.count_nonzero(candidates)) > cfg.sparse_max_density * c * n:
+        return row_lse, None
+    rows, cols = candidates.nonzero(as_tuple=True)
+    floor = math.sqrt(cfg.affinity_floor)
+    # a - f = sqrt(row-softmax * column-softmax) - f at the candidates, every temperature
+    log_aff = u[rows, cols][None, :] * -kappas
+    log_aff.sub_(row_lse.index_select(1, rows), alpha=0.5).sub_(half_col_lse.index_select(1, cols))
+    excess = log_aff.exp_().sub_(floor)  # [T, candidates]
+    # a candidate may be above the floor at one temperature only: keep (t, entry) pairs > 0
+    temp, entry = (excess > 0).nonzero(as_tuple=True)  # sorted by t, then row: CSR order
+    values = excess[temp, entry]
+    stack_rows, cols = temp * c + rows[entry], cols[entry]  # rows of the [T * c, N] stack
+    is_neg = cols < n_neg
+    above_neg = values.new_zeros(t_count * c).index_add_(0, stack_rows, values * is_neg)
+    above_all = values.new_zeros(t_count * c).index_add_(0, stack_rows, values)
+    a_pos = above_all.sub_(above_neg).add_(floor * (n - n_neg))  # row sums of the affinities,
+    a_neg = above_neg.add_(floor * n_neg)  # floor included: [T * c]
+    # coefficients: negatives -a * A+, positives a * A- (released item 5)
+    values.mul_(torch.where(is_neg, -a_pos[stack_rows], a_neg[stack_rows]))
+    row_ends = torch.bincount(stack_rows, minlength=t_count * c).cumsum_(0)
+    crow = torch.cat([row_ends.new_zeros(1), row_ends])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        stacked = torch.sparse_csr_tensor(crow, cols, values, size=(t_count * c, n), check_invariants=False)
+    weighted = stacked @ targets  # [T * c, D]
+    weighted.add_(a_neg[:, None] * (floor * targets[n_neg:].sum(0))).sub_(a_pos[:, None] * (floor * targets[:n_neg].sum(0)))
+    return row_lse, weighted.view(t_count, c, -1)
 
 
 def _normalise_part_(logk: Tensor, u: Tensor, scratch: Tensor, kappa: float, cfg: DriftConfig, sign: float) -> None:

@@ -177,6 +177,8 @@ def test_drift_moves_generated_samples_towards_positives() -> None:
         (dict(normalization="column"), "drift.normalization"),
         (dict(chunk_size=0), "drift.chunk_size"),
         (dict(affinity_floor=1.5), "drift.affinity_floor"),
+        (dict(sparse_max_density=1.5), "drift.sparse_max_density"),
+        (dict(sparse_max_density="all"), "drift.sparse_max_density"),
         (dict(bandwidth=1.0), "drift.bandwidth"),
     ],
 )
@@ -262,3 +264,107 @@ def test_bf16_products_stay_within_half_a_percent_of_fp32_and_tf32_is_exact_on_c
 def test_matmul_precision_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"^drift\.matmul_precision"):
         make_drift_config("reference", matmul_precision="fp16")
+
+
+# ------------------------------------------------------------------ sparse above-floor path (CPU)
+
+
+@pytest.fixture
+def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, per chunk, whether the sparse floor path produced the forces (True) or declined."""
+    import dmf_ray.drift as drift_module
+
+    calls: list[bool] = []
+    real = drift_module._sparse_floor_forces
+
+    def spy(*args, **kwargs):
+        row_lse, forces = real(*args, **kwargs)
+        calls.append(forces is not None)
+        return row_lse, forces
+
+    monkeypatch.setattr(drift_module, "_sparse_floor_forces", spy)
+    return calls
+
+
+def _clustered(b: int, m: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples around a few centres: the low temperatures see only close neighbours."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(6, d, generator=g) * 3
+    gen = centres[torch.randint(0, 6, (b,), generator=g)] + torch.randn(b, d, generator=g)
+    pos = centres[torch.randint(0, 6, (m,), generator=g)] + torch.randn(m, d, generator=g)
+    return gen, pos
+
+
+@pytest.mark.parametrize("data", ["isotropic d=512", "clustered d=32", "2-d"])
+def test_sparse_floor_path_matches_the_released_algorithm(data: str, sparse_calls: list[bool]) -> None:
+    """Floor as a rank-one term plus a sparse product is exact, not an approximation -- also
+    where most entries are above the floor (isotropic at B = 600: 85% candidates)."""
+    g = torch.Generator().manual_seed(1)
+    if data == "isotropic d=512":
+        gen, pos = torch.randn(600, 512, generator=g), torch.randn(500, 512, generator=g) + 0.5
+    elif data == "clustered d=32":
+        gen, pos = _clustered(700, 600, 32)
+    else:
+        gen, pos = torch.randn(800, 2, generator=g), torch.randn(800, 2, generator=g) + torch.tensor([3.0, 2.0])
+    ours = compute_drift(gen, pos, preset="reference", sparse_max_density=1.0)
+    assert sparse_calls == [True]
+    dense = compute_drift(gen, pos, preset="reference", sparse_max_density=0.0)
+    assert sparse_calls == [True]  # density 0 never tries the sparse path
+    oracle = naive_reference_drift(gen, pos)
+    for other in (dense, oracle):
+        assert torch.allclose(ours, other, atol=5e-6 * other.abs().max(), rtol=1e-5), (ours - other).abs().max()
+
+
+def test_default_takes_the_sparse_path_on_the_benchmark_inputs(sparse_calls: list[bool]) -> None:
+    """B = M = 2048, D = 512 (benchmarks/drift_benchmark.py): about 5% of entries can exceed
+    the floor, under the default limit, so the default call is the sparse one."""
+    g = torch.Generator().manual_seed(0)
+    gen, pos = torch.randn(2048, 512, generator=g), torch.randn(2048, 512, generator=g) + 0.5
+    compute_drift(gen, pos, preset="reference")
+    assert sparse_calls == [True]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("with_neg", [False, True])
+def test_sparse_floor_path_is_exact_with_chunks_and_extra_negatives(kernel: str, with_neg: bool, sparse_calls: list[bool]) -> None:
+    gen, pos, neg = (t.float() for t in _samples(b=90, m=70, k=25, d=6))
+    extra = neg if with_neg else None
+    opts = dict(kernel=kernel, normalization="bidirectional", temperatures=(0.02, 0.1, 0.5), affinity_floor=1e-4)
+    dense = compute_drift(gen, pos, extra, sparse_max_density=0.0, **opts)
+    for chunk in (None, 7, 64):
+        sparse = compute_drift(gen, pos, extra, sparse_max_density=1.0, chunk_size=chunk, **opts)
+        assert torch.allclose(sparse, dense, atol=1e-5 * dense.abs().max(), rtol=1e-4), chunk
+    assert sparse_calls and all(sparse_calls)
+
+
+def test_sparse_floor_path_declines_dense_affinities(sparse_calls: list[bool]) -> None:
+    """Above the density limit the dense product runs (same result); a zero floor never tries."""
+    gen, pos = _clustered(200, 150, 8)
+    dense = compute_drift(gen, pos, preset="reference", sparse_max_density=0.0)
+    declined = compute_drift(gen, pos, preset="reference", sparse_max_density=1e-4)
+    assert sparse_calls == [False]
+    assert torch.equal(declined, dense)
+    compute_drift(gen, pos, preset="toy")  # affinity_floor 0: every entry is above the floor
+    compute_drift(gen, pos, preset="reference", matmul_precision="bf16")  # bf16 keeps the dense product
+    assert sparse_calls == [False]
+
+
+def test_sparse_floor_path_reproduces_row_shards(sparse_calls: list[bool]) -> None:
+    """Data-parallel rows use the all-reduced column log-sum-exp; the sparse path needs nothing more."""
+    import threading
+
+    gen, pos = _clustered(60, 50, 5)
+    cfg = make_drift_config("reference", sparse_max_density=1.0, chunk_size=11)
+    full = drift_field(gen, pos, None, cfg).drift
+    board, barrier, out = {}, threading.Barrier(2), {}
+
+    def worker(rank: int, rows: slice) -> None:
+        out[rank] = drift_field(gen, pos, None, cfg, shard=_ThreadShard(rows, rank, board, barrier)).drift
+
+    threads = [threading.Thread(target=worker, args=(r, s)) for r, s in enumerate((slice(0, 25), slice(25, 60)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.allclose(torch.cat([out[0], out[1]]), full, atol=1e-5 * full.abs().max(), rtol=1e-4)
+    assert sparse_calls and all(sparse_calls)

@@ -47,7 +47,7 @@ class SyncRecorder(TorchDispatchMode):
             stack = traceback.extract_stack()
             if not any("torch/optim/" in frame.filename for frame in stack):
                 caller = next((f for f in reversed(stack) if "dmf_ray" in f.filename), stack[-2])
-                self.syncs.append(f"{name} at {caller.filename}:{caller.lineno}")
+                self.syncs.append(f"{name} at {caller.filename}:{caller.lineno} in {caller.name}")
         return func(*args, **(kwargs or {}))
 
 
@@ -57,6 +57,8 @@ CASES = {
     "toy, hybrid order": {"friction.order": "hybrid"},
     "gaussian-ot residual": {"data.name": "gaussian-ot", "data.dim": 8, "model.kind": "residual"},
     "grad clip, cosine lr": {"optim.grad_clip": 1.0, "optim.lr_schedule": "cosine", "optim.warmup_steps": 2},
+    # the released drift as CUDA runs it: dense products (the sparse floor path is CPU-only)
+    "reference drift, dense products": {"drift.preset": "reference", "drift.sparse_max_density": 0.0},
 }
 
 
@@ -71,6 +73,20 @@ def test_training_steps_force_no_host_device_sync(case: str) -> None:
         for _ in range(3):
             train_step(state, cfg, data)
     assert recorder.syncs == []
+
+
+def test_the_only_reads_on_cpu_come_from_the_sparse_floor_path() -> None:
+    """On CPU the reference drift counts its above-floor entries on the host (free there); that
+    path is never taken on CUDA, and nothing else in the step reads a value."""
+    overrides = {"steps": 20, "batch_size": 64, "data.n_train": 400, "data.n_test": 100, "drift.preset": "reference"}
+    cfg = load_train_config(None, overrides)
+    data = load_dataset(cfg.data)
+    state = build_state(cfg, data)
+    train_step(state, cfg, data)
+    with SyncRecorder() as recorder:
+        train_step(state, cfg, data)
+    assert recorder.syncs, "the sparse floor path should have run on this CPU step"
+    assert all(sync.endswith("in _sparse_floor_forces") for sync in recorder.syncs), recorder.syncs
 
 
 def test_recorder_catches_item_and_boolean_masks() -> None:
