@@ -35,8 +35,8 @@ mean(((x - sg(x + V)) / s)^2)):
 * ``drift_norm``: each temperature's force (one term for ``sinkhorn``) is scaled to unit RMS in
   the normalised coordinates, then the terms are summed -- the released item 6.
 * ``self_negatives=False`` drops the negative (repulsion) term of ``kl_parzen``/``mmd`` and the
-  debiasing term of ``sinkhorn``. ``normalization``, ``affinity_floor`` and ``chunk_size`` only
-  concern ``drifting`` (and ``sharp``, which always uses the sharp normalisation).
+  debiasing term of ``sinkhorn``. ``normalization``, ``affinity_floor``, ``sparse_max_density`` and
+  ``chunk_size`` only concern ``drifting`` (and ``sharp``, which always uses the sharp normalisation).
 * ``sinkhorn`` ignores ``kernel`` and ``temperatures``: its cost is the squared distance.
 
 Precision: inputs in bf16/fp16/fp32 are computed in float32, float64 inputs stay float64 (the
