@@ -131,12 +131,13 @@ class MLflowSweepCallback(tune.Callback):
     """Mirrors the sweep into MLflow from the driver process.
 
     Holds only plain settings when pickled with the experiment state (the MLflow client is
-    rebuilt on demand), so ``Tuner.restore`` works.
+    rebuilt on demand), so ``Tuner.restore`` works. ``tracker`` reuses an open one (the driver's
+    clean-up after a sweep) instead of opening another.
     """
 
-    def __init__(self, plan: SweepPlan) -> None:
+    def __init__(self, plan: SweepPlan, tracker: SweepTracker | None = None) -> None:
         self.plan = plan
-        self._tracker: SweepTracker | None = None
+        self._tracker = tracker
         self._runs: dict[str, str] = {}
         self._closed: set[str] = set()  # trials whose MLflow run had ended before (a resumed sweep)
         self._data: dict[DataConfig, TranslationData] = {}
@@ -346,8 +347,7 @@ def close_open_runs(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker
     A driver killed between Tune saving a trial as finished and the callback ending its run
     leaves the run RUNNING; a resumed sweep does not revisit that trial, so close it here.
     """
-    callback = MLflowSweepCallback(plan)
-    callback._tracker = tracker
+    callback = MLflowSweepCallback(plan, tracker)
     runs = tracker.trial_runs()  # read statuses without reopening anything
     closed = 0
     for row in rows:
