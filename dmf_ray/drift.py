@@ -567,7 +567,6 @@ def _chunk_forces(
     tries the sparse above-floor product (:func:`_sparse_floor_forces`).
     """
     c = u.shape[0]
-    coeff = ws.coeff(c)  # [T, c, N]
     scratch = ws.scratch(c)
     neg, pos = slice(0, n_neg), slice(n_neg, None)
     if cfg.normalization == "bidirectional":
@@ -577,6 +576,7 @@ def _chunk_forces(
                 return sparse
         else:
             row_lse = _kernel_lse(u, _kappas(cfg), 1, scratch)  # [T, c]
+    coeff = ws.coeff(c)  # [T, c, N]
     for t, kappa in enumerate(_kappas(cfg)):
         logk = torch.mul(u, -kappa, out=coeff[t])  # [c, N]
         if cfg.normalization == "bidirectional":
