@@ -25,17 +25,16 @@ from typing import Any
 import pyarrow.fs
 import ray
 import ray.train
+import yaml
 from ray import tune
 from ray.train import CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
-import yaml
 
 from dmf_ray.config import TrainConfig, load_train_config
 from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
 from dmf_ray.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
 from dmf_ray.engine import translate
-
 from dmf_ray.models import load_generator
 from dmf_ray.registry import log_generator, register_if_champion
 from dmf_ray.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
@@ -320,10 +319,12 @@ def _trial_id_from_path(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple[Path, Path]:
+def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple[Path, Path, Path | None]:
     """top_trials.csv and top_trials.md (all trials, ranked) in ``out_dir``, and
     best_params.yaml: the searched keys of the best finished trial, in the dotted form that
-    ``python -m dmf_ray.experiments.compare --searched`` and ``train --config`` overrides take."""
+    ``python -m dmf_ray.experiments.compare --searched`` and ``train --config`` overrides take.
+
+    Returns the three paths; the last is None when no trial finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summary_table(plan, rows)
     csv_path, md_path = out_dir / "top_trials.csv", out_dir / "top_trials.md"
@@ -331,9 +332,11 @@ def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple
         csv.writer(fh).writerows(table)
     md_path.write_text(markdown(table))
     best = next((r for r in rows if r.status == "OK"), None)
-    if best is not None:
-        (out_dir / "best_params.yaml").write_text(yaml.safe_dump(_plain_params(best.params), sort_keys=False))
-    return csv_path, md_path
+    if best is None:
+        return csv_path, md_path, None
+    best_path = out_dir / "best_params.yaml"
+    best_path.write_text(yaml.safe_dump(_plain_params(best.params), sort_keys=False))
+    return csv_path, md_path, best_path
 
 
 def _plain_params(params: dict[str, Any]) -> dict[str, Any]:

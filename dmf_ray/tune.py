@@ -180,25 +180,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ray.shutdown()
     rows = summarise(plan, grid)
     out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
-    csv_path, md_path = write_summary(plan, rows, out_dir)
+    csv_path, md_path, best_params = write_summary(plan, rows, out_dir)
     tracker = open_tracker(plan)
     close_open_runs(plan, rows, tracker)
     registered = register_best(plan, rows, tracker)
     ok = [r for r in rows if r.status == "OK"]
     tracker.finish_sweep("FINISHED", {"trials": len(rows), "failed_trials": len(rows) - len(ok),
                                       **({f"best_{plan.spec.metric}": ok[0].metric} if ok else {})})
-    _print_report(plan, rows, csv_path, md_path, registered)
+    _print_report(plan, rows, csv_path, md_path, best_params, registered)
     return {"plan": plan, "rows": rows, "registered": registered}
 
 
-def _print_report(plan, rows, csv_path: Path, md_path: Path, registered) -> None:
+def _print_report(plan, rows, csv_path: Path, md_path: Path, best_params: Path | None, registered) -> None:
     from dmf_ray.sweep import markdown, summary_table
 
     md = markdown(summary_table(plan, rows[:TOP_SHOWN]))
     print(f"\nTop trials by {plan.spec.metric} ({plan.spec.mode}) of sweep {plan.name}:\n{md}")
     print(f"All trials: {csv_path}  {md_path}")
-    if (csv_path.parent / "best_params.yaml").is_file():
-        print(f"Best trial's searched keys: {csv_path.parent / 'best_params.yaml'} "
+    if best_params is not None:
+        print(f"Best trial's searched keys: {best_params} "
               "(python -m dmf_ray.experiments.compare --methods dmf dmf-searched --searched <it>)")
     if registered is None:
         print("No trial finished all its steps: nothing registered.")
