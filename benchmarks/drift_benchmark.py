@@ -46,12 +46,19 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up (also allocator and thread pools)
+def _time(fn, repeats: int, sync=None, warmup: bool = True) -> float:
+    """Best of ``repeats`` timed calls after one warm-up call (``warmup=False``: the caller has
+    just made it); ``sync`` (e.g. a device synchronise) runs before the first timed call and
+    after every call, inside the clock."""
+    sync = sync or (lambda: None)
+    if warmup:
+        fn()  # warm-up (also allocator and thread pools)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -77,14 +84,23 @@ def _impls(gen, pos, temps: tuple[float, ...], chunk: int | None) -> dict:
     }
 
 
-def measure(b: int, m: int, d: int, n_temps: int, impl: str, chunk: int | None = None) -> dict:
-    """Run in a subprocess: time and peak extra memory of one implementation."""
+def measure(b: int, m: int, d: int, n_temps: int, impl: str, chunk: int | None = None, repeats: int = 0) -> dict:
+    """Run in a subprocess: peak extra memory of one implementation, and with ``repeats`` > 0
+    its best time over that many calls after a warm-up (``seconds``; None when ``repeats`` is 0,
+    where the implementation is called once, untimed)."""
     gen, pos = _inputs(b, m, d)
     fn = _impls(gen, pos, TEMPS[:n_temps], chunk)[impl]
     before = _rss_mib()
-    repeats = 1 if b * (b + m) > 2**26 else 3
-    seconds = _time(fn, repeats)
+    if repeats > 0:
+        seconds = _time(fn, repeats)
+    else:
+        fn()
+        seconds = None
     return {"seconds": seconds, "peak_extra_mib": _rss_mib() - before}
+
+
+def _timing_repeats(b: int, m: int) -> int:
+    return 1 if b * (b + m) > 2**26 else 3
 
 
 def race(b: int, m: int, d: int, n_temps: int) -> dict:
@@ -92,6 +108,8 @@ def race(b: int, m: int, d: int, n_temps: int) -> dict:
     (best of 3 each), so machine noise hits all of them alike; plus the fraction of affinities
     above the released floor per temperature -- the data property the sparse path exploits."""
     import torch
+
+    from dmf_ray.drift import PRESETS
 
     gen, pos = _inputs(b, m, d)
     temps = TEMPS[:n_temps]
@@ -108,16 +126,18 @@ def race(b: int, m: int, d: int, n_temps: int) -> dict:
     dist = torch.cdist(gen, targets)
     dist = dist / dist.mean()
     dist[torch.arange(b), torch.arange(b)] = float("inf")
+    log_floor = math.log(PRESETS["reference"]["affinity_floor"])
     above = []
     for t in temps:
         logits = -dist / t
         log_aff = 0.5 * (logits.log_softmax(1) + logits.log_softmax(0))
-        above.append(float((log_aff > 0.5 * math.log(1e-6)).float().mean()))
+        above.append(float((log_aff > 0.5 * log_floor).float().mean()))
     return {"seconds": best, "above_floor": above}
 
 
-def _run_child(b: int, m: int, d: int, t: int, impl: str, chunk: int | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps([b, m, d, t, impl, chunk])]
+def _run_child(b: int, m: int, d: int, t: int, impl: str, chunk: int | None = None, repeats: int = 0) -> dict:
+    """One measurement in a fresh process; ``repeats`` = 0: memory only (one untimed call)."""
+    cmd = [sys.executable, __file__, "--child", json.dumps([b, m, d, t, impl, chunk, repeats])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -138,8 +158,8 @@ def main() -> None:
     p.add_argument("--child")
     args = p.parse_args()
     if args.child:
-        b, m, d, t, impl, chunk = json.loads(args.child)
-        print(json.dumps(race(b, m, d, t) if impl == "race" else measure(b, m, d, t, impl, chunk)))
+        b, m, d, t, impl, chunk, repeats = json.loads(args.child)
+        print(json.dumps(race(b, m, d, t) if impl == "race" else measure(b, m, d, t, impl, chunk, repeats)))
         return
     import torch
 
@@ -157,8 +177,10 @@ def main() -> None:
     print("|---" * (header.count("|") - 1) + "|")
     for b, m, d, t in GRID + (LARGE if args.large else []):
         flops = 2 * b * (b + m) * d * (1 + t)
-        ours_mem = _run_child(b, m, d, t, "ours")
-        if b * (b + m) <= NAIVE_MAX_ELEMENTS:
+        with_naive = b * (b + m) <= NAIVE_MAX_ELEMENTS
+        # with the naive baseline, times come from the race; without it, ours' child times itself
+        ours_mem = _run_child(b, m, d, t, "ours", repeats=0 if with_naive else _timing_repeats(b, m))
+        if with_naive:
             r = _run_child(b, m, d, t, "race")
             sec = r["seconds"]
             above = " / ".join(f"{100 * a:.1f}%" for a in r["above_floor"])
@@ -184,7 +206,7 @@ def chunk_table(chunks: list[int]) -> None:
     print("| B = M | D | T | chunk rows | bound 4*chunk*N*(T+2) MiB | measured extra MiB | seconds |")
     print("|---|---|---|---|---|---|---|")
     for chunk in chunks:
-        r = _run_child(b, m, 512, 3, "ours", chunk)
+        r = _run_child(b, m, 512, 3, "ours", chunk, repeats=_timing_repeats(b, m))
         bound = 4 * chunk * n * 5 / 2**20
         print(f"| {b} | 512 | 3 | {chunk} | {bound:.0f} | {r['peak_extra_mib']:.0f} | {r['seconds']:.2f} |", flush=True)
 

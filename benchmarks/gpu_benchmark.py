@@ -16,34 +16,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import CONFIGS, steps_per_second  # noqa: E402 - the sibling benchmark's configs
+from drift_benchmark import _time  # noqa: E402 - the sibling benchmarks
+from train_throughput import steps_per_second  # noqa: E402
 
-from dmf_ray.drift import MATMUL_PRECISIONS, compute_drift  # noqa: E402
+from dmf_ray.drift import MATMUL_PRECISIONS, PRESETS, compute_drift  # noqa: E402
 
-TEMPS = 3
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+TEMPS = len(PRESETS["reference"]["temperatures"])
 
 
-def _best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+def _best_seconds(fn, device: torch.device, repeats: int = 5, warmup: bool = True) -> float:
+    """Best of ``repeats`` after a warm-up, waiting for the device after every call."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return _time(fn, repeats, sync, warmup)
 
 
 def matmul_peak(precision: str, size: int, device: torch.device) -> float:
@@ -80,24 +70,25 @@ def main() -> None:
     # every precision through the dense products (what CUDA runs; on CPU fp32 would otherwise
     # take the sparse above-floor path and the rows would compare two algorithms)
     dense = dict(preset="reference", sparse_max_density=0.0)
-    reference = compute_drift(x, y, **dense)
+    reference = None  # the fp32 drift (fp32 is the first precision)
     print("| precision | matmul peak TFLOP/s | drift s | drift TFLOP/s | % of peak | vs fp32 | rel. L2 error | max error / max |")
     print("|---|---|---|---|---|---|---|---|")
     base_seconds = None
     for precision in MATMUL_PRECISIONS:
         peak = matmul_peak(precision, args.size, device)
-        seconds = _best_seconds(lambda: compute_drift(x, y, matmul_precision=precision, **dense), device, 3)
+        drift = partial(compute_drift, x, y, matmul_precision=precision, **dense)
+        v = drift()  # also the warm-up
+        seconds = _best_seconds(drift, device, 3, warmup=False)
         base_seconds = base_seconds or seconds
-        v = compute_drift(x, y, matmul_precision=precision, **dense)
+        reference = v if reference is None else reference
         rel = float((v - reference).norm() / reference.norm())
         worst = float((v - reference).abs().max() / reference.abs().max())
         print(f"| {precision} | {peak / 1e12:.1f} | {seconds:.4f} | {flops / seconds / 1e12:.2f} | "
               f"{100 * flops / seconds / peak:.0f}% | {base_seconds / seconds:.2f}x | {rel:.1e} | {worst:.1e} |", flush=True)
     print("\n| config | precision | steps/s |\n|---|---|---|")
     for precision in MATMUL_PRECISIONS:
-        CONFIGS["ffhq-scale-" + precision] = {**CONFIGS["ffhq-scale"], "drift.matmul_precision": precision,
-                                              "batch_size": args.train_batch}
-        rate = steps_per_second("ffhq-scale-" + precision, args.train_steps, args.device)
+        rate = steps_per_second("ffhq-scale", args.train_steps, args.device,
+                                overrides={"drift.matmul_precision": precision, "batch_size": args.train_batch})
         print(f"| ffhq-scale (512-d residual MLP, batch {args.train_batch}) | {precision} | {rate:.2f} |", flush=True)
 
 

@@ -32,15 +32,16 @@ CONFIGS: dict[str, dict[str, object]] = {
 CONFIGS["ffhq-scale-dense"] = {**CONFIGS["ffhq-scale"], "drift.sparse_max_density": 0.0}
 
 
-def steps_per_second(name: str, steps: int, device: str, warmup: int = 5) -> float:
-    """Steps/s of ``engine.train_step`` for one config after ``warmup`` steps."""
+def steps_per_second(name: str, steps: int, device: str, warmup: int = 5,
+                     overrides: dict[str, object] | None = None) -> float:
+    """Steps/s of ``engine.train_step`` for one config after ``warmup`` steps; ``overrides``
+    (dotted keys) are applied on top of the named config."""
     from dmf_ray.config import load_train_config
     from dmf_ray.data import load_dataset
     from dmf_ray.engine import build_state, train_step
 
-    overrides = {"steps": steps + warmup, "data.n_train": 20_000, "data.n_test": 1000, "device": device,
-                 **CONFIGS[name]}
-    cfg = load_train_config(None, overrides)
+    cfg = load_train_config(None, {"steps": steps + warmup, "data.n_train": 20_000, "data.n_test": 1000,
+                                   "device": device, **CONFIGS[name], **(overrides or {})})
     data = load_dataset(cfg.data)
     if hasattr(data, "with_train_pools_on"):  # older checkouts copy each batch from the host
         data = data.with_train_pools_on(device)

@@ -221,26 +221,31 @@ class _ThreadShard:
         return self._all_reduce(t, lambda ts: torch.logsumexp(torch.stack(ts), dim=0))
 
 
-@pytest.mark.parametrize("normalization", NORMALIZATIONS)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_row_shards_reproduce_the_full_drift(normalization: str, kernel: str) -> None:
-    """Each data-parallel process computes only its rows; reductions make them exact."""
+def _run_two_shards(gen, pos, neg, cfg: DriftConfig, splits: tuple[slice, slice]) -> list[torch.Tensor]:
+    """The drift of each shard's rows, the two shards run concurrently in two threads."""
     import threading
 
-    gen, pos, neg = _samples(b=30, m=20, k=6, d=4)
-    cfg = make_drift_config(None, kernel=kernel, normalization=normalization, temperatures=(0.1, 0.5), chunk_size=7)
-    full = drift_field(gen.float(), pos.float(), neg.float(), cfg).drift
     board, barrier, out = {}, threading.Barrier(2), {}
 
     def worker(rank: int, rows: slice) -> None:
-        shard = _ThreadShard(rows, rank, board, barrier)
-        out[rank] = drift_field(gen.float(), pos.float(), neg.float(), cfg, shard=shard).drift
+        out[rank] = drift_field(gen, pos, neg, cfg, shard=_ThreadShard(rows, rank, board, barrier)).drift
 
-    threads = [threading.Thread(target=worker, args=(r, s)) for r, s in enumerate((slice(0, 12), slice(12, 30)))]
+    threads = [threading.Thread(target=worker, args=(r, s)) for r, s in enumerate(splits)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return [out[r] for r in range(len(splits))]
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_row_shards_reproduce_the_full_drift(normalization: str, kernel: str) -> None:
+    """Each data-parallel process computes only its rows; reductions make them exact."""
+    gen, pos, neg = (t.float() for t in _samples(b=30, m=20, k=6, d=4))
+    cfg = make_drift_config(None, kernel=kernel, normalization=normalization, temperatures=(0.1, 0.5), chunk_size=7)
+    full = drift_field(gen, pos, neg, cfg).drift
+    out = _run_two_shards(gen, pos, neg, cfg, (slice(0, 12), slice(12, 30)))
     assert out[0].shape == (12, 4) and out[1].shape == (18, 4)
     assert torch.allclose(torch.cat([out[0], out[1]]), full, atol=1e-5 * full.abs().max(), rtol=1e-4)
 
@@ -351,20 +356,9 @@ def test_sparse_floor_path_declines_dense_affinities(sparse_calls: list[bool]) -
 
 def test_sparse_floor_path_reproduces_row_shards(sparse_calls: list[bool]) -> None:
     """Data-parallel rows use the all-reduced column log-sum-exp; the sparse path needs nothing more."""
-    import threading
-
     gen, pos = _clustered(60, 50, 5)
     cfg = make_drift_config("reference", sparse_max_density=1.0, chunk_size=11)
     full = drift_field(gen, pos, None, cfg).drift
-    board, barrier, out = {}, threading.Barrier(2), {}
-
-    def worker(rank: int, rows: slice) -> None:
-        out[rank] = drift_field(gen, pos, None, cfg, shard=_ThreadShard(rows, rank, board, barrier)).drift
-
-    threads = [threading.Thread(target=worker, args=(r, s)) for r, s in enumerate((slice(0, 25), slice(25, 60)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out = _run_two_shards(gen, pos, None, cfg, (slice(0, 25), slice(25, 60)))
     assert torch.allclose(torch.cat([out[0], out[1]]), full, atol=1e-5 * full.abs().max(), rtol=1e-4)
     assert sparse_calls and all(sparse_calls)

@@ -19,7 +19,7 @@ from dmf_ray.data import load_dataset
 from dmf_ray.engine import build_state, train, train_step
 
 _SCALAR_READS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select", "aten::equal"}
-_MASK_INDEXING = {"aten::index.Tensor", "aten::index_put_", "aten::index_put", "aten::index"}
+_MASK_INDEXING = {"aten::index", "aten::index_put", "aten::index_put_"}  # schema names, any overload
 
 
 def _is_bool_index(args: tuple) -> bool:
@@ -40,9 +40,7 @@ class SyncRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         name = func._schema.name + (f".{func._overloadname}" if func._overloadname != "default" else "")
-        forced = func._schema.name in _SCALAR_READS or (
-            name in _MASK_INDEXING or func._schema.name in _MASK_INDEXING
-        ) and _is_bool_index(args)
+        forced = func._schema.name in _SCALAR_READS or (func._schema.name in _MASK_INDEXING and _is_bool_index(args))
         if forced:
             stack = traceback.extract_stack()
             if not any("torch/optim/" in frame.filename for frame in stack):
@@ -62,13 +60,18 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_training_steps_force_no_host_device_sync(case: str) -> None:
-    overrides = {"steps": 20, "batch_size": 64, "data.n_train": 400, "data.n_test": 100, **CASES[case]}
-    cfg = load_train_config(None, overrides)
+def _after_one_step(overrides: dict[str, object]) -> tuple:
+    """(state, cfg, data) of a small run that has taken its first step (lazy optimiser state)."""
+    cfg = load_train_config(None, {"steps": 20, "batch_size": 64, "data.n_train": 400, "data.n_test": 100, **overrides})
     data = load_dataset(cfg.data)
     state = build_state(cfg, data)
-    train_step(state, cfg, data)  # first step: lazy optimiser state
+    train_step(state, cfg, data)
+    return state, cfg, data
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_training_steps_force_no_host_device_sync(case: str) -> None:
+    state, cfg, data = _after_one_step(CASES[case])
     with SyncRecorder() as recorder:
         for _ in range(3):
             train_step(state, cfg, data)
@@ -78,11 +81,7 @@ def test_training_steps_force_no_host_device_sync(case: str) -> None:
 def test_the_only_reads_on_cpu_come_from_the_sparse_floor_path() -> None:
     """On CPU the reference drift counts its above-floor entries on the host (free there); that
     path is never taken on CUDA, and nothing else in the step reads a value."""
-    overrides = {"steps": 20, "batch_size": 64, "data.n_train": 400, "data.n_test": 100, "drift.preset": "reference"}
-    cfg = load_train_config(None, overrides)
-    data = load_dataset(cfg.data)
-    state = build_state(cfg, data)
-    train_step(state, cfg, data)
+    state, cfg, data = _after_one_step({"drift.preset": "reference"})
     with SyncRecorder() as recorder:
         train_step(state, cfg, data)
     assert recorder.syncs, "the sparse floor path should have run on this CPU step"
@@ -113,11 +112,24 @@ def test_loop_reads_the_device_only_at_evaluations(monkeypatch: pytest.MonkeyPat
     assert all("engine.py" in s and "_local_scalar_dense" in s for s in recorder.syncs)
 
 
-def test_indices_come_back_on_the_host_and_batches_are_reproducible() -> None:
-    cfg = load_train_config(None, {"data.n_train": 300, "data.n_test": 50})
-    data = load_dataset(cfg.data)
-    idx_a, rows_a = data.source_batch(32, torch.Generator().manual_seed(3))
-    idx_b, rows_b = data.with_train_pools_on("cpu").source_batch(32, torch.Generator().manual_seed(3))
-    assert idx_a.device.type == "cpu"
-    assert torch.equal(idx_a, idx_b) and torch.equal(rows_a, rows_b)
-    assert torch.equal(rows_a, data.train_source[idx_a])
+def _small_task():
+    return load_dataset(load_train_config(None, {"data.n_train": 300, "data.n_test": 50}).data)
+
+
+def test_indices_come_back_on_the_host_and_index_the_pool() -> None:
+    data = _small_task()
+    idx, rows = data.source_batch(32, torch.Generator().manual_seed(3))
+    assert idx.device.type == "cpu"
+    assert torch.equal(rows, data.train_source[idx])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: pools on the device")
+def test_batches_are_the_same_with_pools_on_the_host_or_the_device() -> None:
+    """The CPU generator draws the indices, so a seed gives the same batch whatever the pools' device."""
+    data = _small_task()
+    idx_cpu, rows_cpu = data.source_batch(32, torch.Generator().manual_seed(3))
+    on_cuda = data.with_train_pools_on("cuda")
+    assert on_cuda.train_source.device.type == "cuda"
+    idx_cuda, rows_cuda = on_cuda.source_batch(32, torch.Generator().manual_seed(3))
+    assert idx_cuda.device.type == "cpu" and rows_cuda.device.type == "cuda"
+    assert torch.equal(idx_cpu, idx_cuda) and torch.equal(rows_cpu, rows_cuda.cpu())
