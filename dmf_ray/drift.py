@@ -314,17 +314,15 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
 
     # Pass 1: the distance scale (mean over the whole B x N matrix, self-distances included).
     cached: Tensor | None = None
+    total: Tensor | None = None
     if cfg.distance_norm:
         if chunk >= b:
             cached = ws.distances(x, targets)
             total = _float64_total(cached)
         else:
             total = sum(_float64_total(ws.distances(x[local(s)], targets)) for s in starts)
-        scale = (_reduce(shard, "sum", total) / (b_total * n)).float()
-    else:
-        scale = x.new_ones(())
-    dist_scale = scale.clamp_min(_SCALE_FLOOR)
-    coord_scale = (scale / math.sqrt(d)).clamp_min(_SCALE_FLOOR) if cfg.distance_norm else x.new_ones(())
+        total = _reduce(shard, "sum", total)
+    dist_scale, coord_scale = _scales(total, b_total * n, d, x)
     if chunk >= b:
         cached = _kernel_argument_(cached if cached is not None else ws.distances(x, targets), first, dist_scale, cfg)
 
@@ -347,9 +345,8 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
     for start in starts:
         forces[:, local(start)] = _chunk_forces(x[local(start)], targets, kernel_args(start), n_neg, cfg, ws, half_col_lse)
 
-    # RMS in the normalised coordinates (forces / coord_scale), floored as released.
     mean_sq = _reduce(shard, "sum", forces.square().sum(dim=(1, 2))) / (b_total * d)
-    force_rms = (mean_sq / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
+    force_rms = _force_rms(mean_sq, coord_scale)
     if cfg.drift_norm:
         # Unit RMS in normalised coordinates, mapped back: s * (G / s) / rms = G / rms.
         forces.div_(force_rms[:, None, None])
@@ -381,6 +378,26 @@ def _float64_total(m: Tensor) -> Tensor:
 def _reduce(shard: RowShard | None, op: str, t: Tensor) -> Tensor:
     """Reduce a per-process partial result across the shard's processes (identity without one)."""
     return t if shard is None else getattr(shard, op)(t)
+
+
+def _scales(total: Tensor | None, count: int, d: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(distance scale, coordinate scale) from the (float64) sum ``total`` of ``count`` distances.
+
+    The distance scale s is the mean distance (kernel distances are r / s), the coordinate
+    scale s / sqrt(D) the loss scale; both floored as released. ``total`` None (no
+    ``distance_norm``): both are 1. In ``like``'s dtype and device; shared with
+    dmf_ray.families so every family uses the same scales.
+    """
+    if total is None:
+        return like.new_ones(()), like.new_ones(())
+    scale = (total / count).to(like.dtype)
+    return scale.clamp_min(_SCALE_FLOOR), (scale / math.sqrt(d)).clamp_min(_SCALE_FLOOR)
+
+
+def _force_rms(mean_sq: Tensor, coord_scale: Tensor) -> Tensor:
+    """Per-temperature force RMS in the normalised coordinates (forces / coord_scale), floored as
+    released; ``mean_sq`` is the mean square of the forces in input coordinates, shape (T,)."""
+    return (mean_sq / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
 
 
 class _Workspace:
@@ -447,15 +464,27 @@ class _Workspace:
         return self._coeff[: self.n_temps * c * self.n].view(self.n_temps, c, self.n)
 
 
-def _prepare(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> tuple[Tensor, Tensor, int]:
-    """Upcast to float32, detach and stack the target set [gen | neg | pos]."""
-    if gen.ndim != 2 or pos.ndim != 2 or (neg is not None and neg.ndim != 2):
-        raise ValueError("gen, pos and neg must be 2-D tensors (rows x features)")
-    d = gen.shape[1]
-    if pos.shape[1] != d or (neg is not None and neg.shape[1] != d):
-        raise ValueError(f"feature dimensions differ: gen {d}, pos {pos.shape[1]}, neg {None if neg is None else neg.shape[1]}")
+def _check_shapes(gen: Tensor, pos: Tensor, **optional: Tensor | None) -> None:
+    """Reject inputs that are not non-empty row x feature matrices of one feature dimension.
+
+    ``optional`` are further named row sets that may be None (drift_field's ``neg``); the
+    messages name exactly the sets passed. Shared with dmf_ray.families.
+    """
+    named = {"gen": gen, "pos": pos, **optional}
+    given = [t for t in named.values() if t is not None]
+    if any(t.ndim != 2 for t in given):
+        names = list(named)
+        raise ValueError(f"{', '.join(names[:-1])} and {names[-1]} must be 2-D tensors (rows x features)")
+    if any(t.shape[1] != gen.shape[1] for t in given):
+        dims = ", ".join(f"{name} {None if t is None else t.shape[1]}" for name, t in named.items())
+        raise ValueError(f"feature dimensions differ: {dims}")
     if pos.shape[0] == 0 or gen.shape[0] == 0:
         raise ValueError("gen and pos must each hold at least one row")
+
+
+def _prepare(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> tuple[Tensor, Tensor, int]:
+    """Upcast to float32, detach and stack the target set [gen | neg | pos]."""
+    _check_shapes(gen, pos, neg=neg)
     x = gen.detach().float()
     blocks = [x] if cfg.self_negatives else []
     if neg is not None:

@@ -64,18 +64,22 @@ import torch
 from torch import Tensor
 
 from dmf_ray.drift import (
-    _FORCE_MS_FLOOR,
-    _SCALE_FLOOR,
     _SQ_DIST_EPS,
     FAMILIES,
     DriftConfig,
     DriftResult,
     RowShard,
+    _check_shapes,
+    _force_rms,
+    _reduce,
+    _scales,
     drift_field,
 )
 from dmf_ray.errors import ConfigError
 
 if TYPE_CHECKING:  # config imports drift (and may import this module): no runtime import
+    from collections.abc import Callable
+
     from dmf_ray.config import TrainConfig
 
 __all__ = [
@@ -87,7 +91,6 @@ __all__ = [
     "kl_parzen_drift",
     "mmd_drift",
     "sharp_potential",
-    "sharp_potential_loss",
     "sinkhorn_drift",
 ]
 
@@ -151,71 +154,61 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _check_inputs(gen: Tensor, pos: Tensor) -> None:
-    if gen.ndim != 2 or pos.ndim != 2:
-        raise ValueError("gen and pos must be 2-D tensors (rows x features)")
-    if gen.shape[1] != pos.shape[1]:
-        raise ValueError(f"feature dimensions differ: gen {gen.shape[1]}, pos {pos.shape[1]}")
-    if gen.shape[0] == 0 or pos.shape[0] == 0:
-        raise ValueError("gen and pos must each hold at least one row")
-
-
 def _sq_dist(a: Tensor, b: Tensor) -> Tensor:
     """Squared distances [A, B] via one matrix product, clamped like drift.py.
 
     The clamp keeps the self-distance a tiny positive number (no NaN from round-off or from the
-    gradient of sqrt at 0); pairs at the clamp are "coincident" (see ``_coincident``).
+    gradient of sqrt at 0); pairs at the clamp are "coincident" (see ``_Block``).
     """
     sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     return sq.clamp_min(_SQ_DIST_EPS)
 
 
-def _coincident(sq: Tensor) -> Tensor:
-    """Pairs whose direction (y - x) / r is 0/0: they contribute no force (subgradient 0)."""
-    return sq <= _SQ_DIST_EPS
+@dataclass(frozen=True)
+class _Block:
+    """One target set (the positives, or the generated batch itself) against the generated batch.
+
+    ``r`` and ``keep`` are computed once per call, not once per temperature. ``keep`` is 0 at
+    coincident pairs (squared distance at the clamp), whose direction (y - x) / r is 0/0: they
+    contribute no force (subgradient 0).
+    """
+
+    targets: Tensor  # (N, D)
+    sq: Tensor  # clamped squared distances (B, N)
+    r: Tensor  # kernel distances sqrt(sq) / s (B, N)
+    keep: Tensor  # (B, N): 0.0 at coincident pairs, 1.0 elsewhere
 
 
 @dataclass(frozen=True)
 class _Geometry:
-    """Detached inputs in the working dtype, their squared distances and the two scales."""
+    """Detached inputs in the working dtype, their distance blocks and the two scales."""
 
     x: Tensor  # generated batch (B, D)
-    y: Tensor  # positives (M, D)
-    sq_qp: Tensor  # (B, M)
-    sq_qq: Tensor | None  # (B, B), None without self negatives
+    pos: _Block  # against the positives (M targets)
+    neg: _Block | None  # against the generated batch (B targets), None without self negatives
     dist_scale: Tensor  # s: kernel distances are r / s
     coord_scale: Tensor  # s / sqrt(D): the loss scale, as DriftResult.scale
 
 
-def _scales(dist_sum: Tensor, count: int, d: int, cfg: DriftConfig, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(distance scale, coordinate scale) exactly as drift.py floors them; ones without norm."""
-    if not cfg.distance_norm:
-        one = like.new_ones(())
-        return one, one
-    scale = (dist_sum / count).to(like.dtype)
-    return scale.clamp_min(_SCALE_FLOOR), (scale / math.sqrt(d)).clamp_min(_SCALE_FLOOR)
-
-
 def _geometry(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> _Geometry:
-    _check_inputs(gen, pos)
+    _check_shapes(gen, pos)
     dtype = _work_dtype(gen)
     x = gen.detach().to(dtype)
-    y = pos.detach().to(dtype)
-    sq_qp = _sq_dist(x, y)
-    sq_qq = _sq_dist(x, x) if cfg.self_negatives else None
-    total = sq_qp.sqrt().sum(dtype=torch.float64)
-    n = y.shape[0]
-    if sq_qq is not None:  # the target set [gen | pos] of drift.py
-        total = total + sq_qq.sqrt().sum(dtype=torch.float64)
-        n += x.shape[0]
-    dist_scale, coord_scale = _scales(total, x.shape[0] * n, x.shape[1], cfg, x)
-    return _Geometry(x, y, sq_qp, sq_qq, dist_scale, coord_scale)
+    sets = [pos.detach().to(dtype)] + ([x] if cfg.self_negatives else [])  # the target set [gen | pos] of drift.py
+    sqs = [_sq_dist(x, y) for y in sets]
+    dists = [sq.sqrt() for sq in sqs]
+    total = sum(dist.sum(dtype=torch.float64) for dist in dists)
+    count = x.shape[0] * sum(y.shape[0] for y in sets)
+    dist_scale, coord_scale = _scales(total if cfg.distance_norm else None, count, x.shape[1], x)
+    blocks = [
+        _Block(y, sq, dist.div_(dist_scale), (sq > _SQ_DIST_EPS).to(dtype)) for y, sq, dist in zip(sets, sqs, dists)
+    ]
+    return _Geometry(x, blocks[0], blocks[1] if cfg.self_negatives else None, dist_scale, coord_scale)
 
 
 def _finish(forces: Tensor, coord_scale: Tensor, cfg: DriftConfig) -> DriftResult:
     """Per-term forces [T, B, D] -> DriftResult, with drift.py's RMS diagnostic and drift_norm."""
-    mean_sq = forces.square().mean(dim=(1, 2))
-    force_rms = (mean_sq / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
+    force_rms = _force_rms(forces.square().mean(dim=(1, 2)), coord_scale)
     if cfg.drift_norm:
         forces = forces / force_rms[:, None, None]
     return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=force_rms)
@@ -226,21 +219,16 @@ def _apply(coeff: Tensor, targets: Tensor, x: Tensor) -> Tensor:
     return coeff @ targets - coeff.sum(1, keepdim=True) * x
 
 
-def _log_kernel_and_tau2_score(sq: Tensor, dist_scale: Tensor, tau: float, cfg: DriftConfig) -> tuple[Tensor, Tensor]:
+def _log_kernel_and_tau2_score(block: _Block, tau: float, cfg: DriftConfig) -> tuple[Tensor, Tensor]:
     """log k(r / s) and phi with tau_x^2 grad_x log k = phi * (y - x), tau_x = tau * s.
 
     Gaussian: log k = -(r/s)^2 / (2 tau^2), phi = 1. Laplace: log k = -(r/s) / tau,
     phi = tau / (r/s). Coincident pairs get phi = 0 (the cusp's subgradient; it is also what
-    autograd of the clamped distance gives).
+    autograd of the clamped distance gives). ``log_k`` is a fresh tensor the caller may modify.
     """
-    r = sq.sqrt() / dist_scale
     if cfg.kernel == "gaussian":
-        log_k = r.square() * (-0.5 / (tau * tau))
-        phi = torch.ones_like(r)
-    else:
-        log_k = r * (-1.0 / tau)
-        phi = tau / r
-    return log_k, phi.masked_fill(_coincident(sq), 0.0)
+        return block.r.square() * (-0.5 / (tau * tau)), block.keep
+    return block.r * (-1.0 / tau), (tau / block.r).mul_(block.keep)
 
 
 def _diag_mask(b: int, n: int, offset: int, device: torch.device) -> Tensor:
@@ -254,6 +242,39 @@ def _diag_mask(b: int, n: int, offset: int, device: torch.device) -> Tensor:
 # --------------------------------------------------------------------------- kl_parzen / mmd
 
 
+def _kernel_flow(
+    gen: Tensor, pos: Tensor, cfg: DriftConfig, weights: Callable[[Tensor, Tensor, bool], Tensor]
+) -> DriftResult:
+    """sum_t [sum_j c+_ij (y+_j - x_i) - sum_j c-_ij (x_j - x_i)], c = weights(log k, phi, is_self).
+
+    The loop shared by ``kl_parzen`` and ``mmd``; ``weights`` (kernel weights times the score
+    factor phi) is the only difference between them.
+    """
+    geo = _geometry(gen, pos, cfg)
+    forces = []
+    for tau in cfg.temperatures:
+        log_k, phi = _log_kernel_and_tau2_score(geo.pos, tau, cfg)
+        force = _apply(weights(log_k, phi, False), geo.pos.targets, geo.x)
+        if geo.neg is not None:
+            log_k, phi = _log_kernel_and_tau2_score(geo.neg, tau, cfg)
+            force = force - _apply(weights(log_k, phi, True), geo.neg.targets, geo.x)
+        forces.append(force)
+    return _finish(torch.stack(forces), geo.coord_scale, cfg)
+
+
+def _kde_score_weights(log_k: Tensor, phi: Tensor, is_self: bool) -> Tensor:
+    """k / sum_j k per x (the KDE score); against the batch itself the sample's own term is
+    dropped (it would only pull x towards itself)."""
+    if is_self:
+        log_k.fill_diagonal_(-math.inf)
+    return torch.softmax(log_k, dim=1) * phi
+
+
+def _witness_weights(log_k: Tensor, phi: Tensor, is_self: bool) -> Tensor:
+    """k / n: the kernel mean over all n targets (for the batch, the sample's own term included)."""
+    return log_k.exp() * phi / log_k.shape[1]
+
+
 def kl_parzen_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
     """KL flow with Parzen smoothing: V = sum_t tau_t^2 (grad log p_hat_t - grad log q_hat_t).
 
@@ -263,17 +284,7 @@ def kl_parzen_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
     bandwidth in input units (times s under ``distance_norm``). With the Gaussian kernel this
     equals the row-normalised drift (DMF Theorem 1).
     """
-    geo = _geometry(gen, pos, cfg)
-    forces = []
-    for tau in cfg.temperatures:
-        log_k, phi = _log_kernel_and_tau2_score(geo.sq_qp, geo.dist_scale, tau, cfg)
-        force = _apply(torch.softmax(log_k, dim=1) * phi, geo.y, geo.x)
-        if geo.sq_qq is not None:
-            log_k, phi = _log_kernel_and_tau2_score(geo.sq_qq, geo.dist_scale, tau, cfg)
-            log_k = log_k.masked_fill(_diag_mask(*log_k.shape, 0, log_k.device), -math.inf)
-            force = force - _apply(torch.softmax(log_k, dim=1) * phi, geo.x, geo.x)
-        forces.append(force)
-    return _finish(torch.stack(forces), geo.coord_scale, cfg)
+    return _kernel_flow(gen, pos, cfg, _kde_score_weights)
 
 
 def mmd_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
@@ -287,16 +298,7 @@ def mmd_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
     same point set. Unlike ``kl_parzen`` the kernel sums are not normalised per x, so the force
     fades far from all data -- the known weakness of MMD flows.
     """
-    geo = _geometry(gen, pos, cfg)
-    forces = []
-    for tau in cfg.temperatures:
-        log_k, phi = _log_kernel_and_tau2_score(geo.sq_qp, geo.dist_scale, tau, cfg)
-        force = _apply(log_k.exp() * phi / geo.y.shape[0], geo.y, geo.x)
-        if geo.sq_qq is not None:
-            log_k, phi = _log_kernel_and_tau2_score(geo.sq_qq, geo.dist_scale, tau, cfg)
-            force = force - _apply(log_k.exp() * phi / geo.x.shape[0], geo.x, geo.x)
-        forces.append(force)
-    return _finish(torch.stack(forces), geo.coord_scale, cfg)
+    return _kernel_flow(gen, pos, cfg, _witness_weights)
 
 
 # --------------------------------------------------------------------------- sinkhorn
@@ -336,9 +338,9 @@ def sinkhorn_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
     geo = _geometry(gen, pos, cfg)
     s2 = geo.dist_scale.square()
     eps, its = cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations
-    force = barycentric_projection(geo.sq_qp / s2, geo.y, eps, its)
-    if geo.sq_qq is not None:
-        force = force - barycentric_projection(geo.sq_qq / s2, geo.x, eps, its)
+    force = barycentric_projection(geo.pos.sq / s2, geo.pos.targets, eps, its)
+    if geo.neg is not None:
+        force = force - barycentric_projection(geo.neg.sq / s2, geo.x, eps, its)
     else:
         force = force - geo.x
     return _finish(force[None], geo.coord_scale, cfg)
@@ -366,15 +368,6 @@ class SharpPotential:
     scale: Tensor
     dist_scale: Tensor
     force_rms: Tensor
-
-
-def sharp_potential_loss(x: Tensor, pos: Tensor, cfg: DriftConfig) -> Tensor:
-    """Scalar L(x) = sum_i [log Z#_q(x_i) - log Z#_p(x_i)]; see :func:`sharp_potential`.
-
-    With ``distance_norm=False`` and ``drift_norm=False``, -grad_x L equals
-    ``drift_field(x, pos, None, cfg with normalization="sharp").drift``.
-    """
-    return sharp_potential(x, pos, cfg).loss
 
 
 def sharp_potential(
@@ -410,7 +403,7 @@ def sharp_potential(
     ``shard`` the rows of it that are ``x`` (global sums are reduced through it). Float64 inputs
     stay float64, others are computed in float32.
     """
-    _check_inputs(x, pos)
+    _check_shapes(x, pos)
     if not cfg.self_negatives:
         raise ValueError("the sharp potential needs the generated batch as negatives (self_negatives=True)")
     dtype = _work_dtype(x)
@@ -433,11 +426,10 @@ def sharp_potential(
     targets = torch.cat([negs, y])  # [N, D], negatives first as in drift.py
     n = targets.shape[0]
 
-    sq = _sq_dist(xw, targets)  # carries the graph of x
-    local_total = sq.detach().sqrt().sum(dtype=torch.float64)
-    total = local_total if shard is None else shard.sum(local_total)
-    dist_scale, coord_scale = _scales(total, b_total * n, d, cfg, x_fixed)
-    r = sq.sqrt() / dist_scale
+    dist = _sq_dist(xw, targets).sqrt()  # carries the graph of x
+    total = _reduce(shard, "sum", dist.detach().sum(dtype=torch.float64))
+    dist_scale, coord_scale = _scales(total if cfg.distance_norm else None, b_total * n, d, x_fixed)
+    r = dist / dist_scale
     self_mask = _diag_mask(xw.shape[0], n, offset, xw.device)
     neg, pos_part = slice(0, b_total), slice(b_total, None)
 
@@ -460,9 +452,8 @@ def sharp_potential(
             forces.append(_apply(w_pos, y, x_fixed) - _apply(w_neg, negs, x_fixed))
 
     forces_t = torch.stack(forces)  # [T, b, D]
-    sq_sum = forces_t.square().sum(dim=(1, 2))
-    mean_sq = (sq_sum if shard is None else shard.sum(sq_sum)) / (b_total * d)
-    force_rms = (mean_sq / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
+    mean_sq = _reduce(shard, "sum", forces_t.square().sum(dim=(1, 2))) / (b_total * d)
+    force_rms = _force_rms(mean_sq, coord_scale)
     weights = 1.0 / force_rms if cfg.drift_norm else torch.ones_like(force_rms)
     loss = sum(w * p for w, p in zip(weights, potentials))
     drift = (forces_t * weights[:, None, None]).sum(0)

@@ -18,7 +18,6 @@ from dmf_ray.families import (
     check_family_compatible,
     family_drift,
     sharp_potential,
-    sharp_potential_loss,
 )
 
 KERNELS = ("laplace", "gaussian")
@@ -60,7 +59,7 @@ def test_sharp_loss_gradient_is_minus_the_sharp_drift(kernel: str, temperatures:
     cfg = make_drift_config(None, kernel=kernel, temperatures=temperatures, normalization="sharp",
                             distance_norm=False, drift_norm=False, family="sharp")
     x = gen.clone().requires_grad_()
-    (grad,) = torch.autograd.grad(sharp_potential_loss(x, pos, cfg), x)
+    (grad,) = torch.autograd.grad(sharp_potential(x, pos, cfg).loss, x)
     reference = drift_field(gen, pos, None, cfg).drift  # float32 inside drift.py
     _close(-grad, reference, 1e-5)
     # The closed-form drift returned alongside equals the float64 gradient to round-off.
@@ -107,7 +106,7 @@ def test_sgd_on_the_sharp_loss_decreases_it(kernel: str) -> None:
     x = gen.clone().requires_grad_()
     start = (x.mean(0) - pos.mean(0)).norm().item()
     for _ in range(40):
-        (grad,) = torch.autograd.grad(sharp_potential_loss(x, pos, cfg), x)
+        (grad,) = torch.autograd.grad(sharp_potential(x, pos, cfg).loss, x)
         with torch.no_grad():
             x -= 0.05 * grad
     assert (x.mean(0) - pos.mean(0)).norm().item() < 0.6 * start
