@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn
 
-from dmf_ray.errors import TrainingDiverged, UserInputError
+from dmf_ray.errors import ConfigError, DataError, TrainingDiverged, UserInputError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -19,6 +20,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise UserInputError(f"arguments: {message}")
+
+
+def check_output_folder(out_dir: Path, flag: str | None = None) -> None:
+    """UserInputError unless ``out_dir`` is, or can be made, a folder: no file in its place or above it.
+
+    Checked before anything runs, so a long run does not fail at its first write. The message
+    names the file in the way; given the command's ``flag`` (e.g. ``--out``) it starts with that.
+    """
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                if flag is not None:
+                    raise ConfigError(flag, f"{path} is a file, so the folder {out_dir} cannot be created")
+                raise DataError(path, f"is a file, so the output folder {out_dir} cannot be created")
+            return
 
 
 def run_cli(command: Callable[[], int | None]) -> int:

@@ -29,7 +29,7 @@ from dmf_ray.checkpoint import checkpoint_config, checkpoint_name, latest_checkp
 from dmf_ray.config import TrainConfig, load_train_config
 from dmf_ray.data.base import TranslationData, load_dataset
 from dmf_ray.engine import TrainState, build_state, generator_config, train, translate
-from dmf_ray.cli import ArgumentParser, run_cli
+from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
 from dmf_ray.errors import DataError, UserInputError
 from dmf_ray.friction import plot_schedule
 from dmf_ray.models import save_generator
@@ -155,15 +155,6 @@ def _resume_target(path: str) -> tuple[Path, Path]:
     return p, run_dir
 
 
-def _check_output_folder(out_dir: Path) -> None:
-    """DataError unless ``out_dir`` is, or can be made, a folder: no file in its place or above it."""
-    for path in (out_dir, *out_dir.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise DataError(path, f"is a file, so the output folder {out_dir} cannot be created")
-            return
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Parse ``argv``, train, write outputs, return the final metrics."""
     args = build_parser().parse_args(argv)
@@ -176,7 +167,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, float]:
     else:
         cfg = load_train_config(args.config, overrides)
         out_dir = Path(cfg.out_dir)
-        _check_output_folder(out_dir)
+        check_output_folder(out_dir)
         if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
             raise UserInputError(f"{out_dir}: output folder is not empty (use --force or --resume)")
     data = load_dataset(cfg.data)  # validates data files before anything is written

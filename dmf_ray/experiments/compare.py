@@ -22,13 +22,13 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dmf_ray.cli import ArgumentParser, run_cli
+from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
 from dmf_ray.config import TrainConfig, load_train_config, read_yaml_mapping
-from dmf_ray.data.base import load_dataset
+from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
 from dmf_ray.engine import train, translate
 from dmf_ray.errors import ConfigError, TrainingDiverged
 from dmf_ray.plots import plot_bars, plot_curves, plot_sample_panels
@@ -111,20 +111,17 @@ class RunResult:
     failure: str = ""
 
 
-def method_config(base: Mapping[str, Any], method: Method, setting: float | None, seed: int,
-                  searched: Mapping[str, Any]) -> TrainConfig:
+def method_config(base: Mapping[str, Any], method: Method, setting: float | None, seed: int) -> TrainConfig:
     """The task's shared keys, then the method's own, then the tuned value and the seed."""
     keys = {**base, **method.overrides, "seed": seed, "data.seed": seed}
-    if method.label == METHODS["dmf-searched"].label:
-        keys.update(searched)
     if method.tuned_key is not None and setting is not None:
-        keys[method.tuned_key] = [setting] if method.tuned_key == "drift.temperatures" else setting
+        keys[method.tuned_key] = setting  # drift.temperatures takes a bare number as one temperature
     return load_train_config(None, keys)
 
 
-def run_once(cfg: TrainConfig, name: str, setting: float | None) -> tuple[RunResult, Any]:
-    """Train one run; a diverged run is a row with its reason, never a crash of the comparison."""
-    data = load_dataset(cfg.data)
+def run_once(cfg: TrainConfig, data: TranslationData, name: str, setting: float | None) -> tuple[RunResult, Any]:
+    """Train one run on ``data`` (``cfg.data``'s dataset); a diverged run is a row with its reason,
+    never a crash of the comparison."""
     start = time.perf_counter()
     try:
         state = train(cfg, data, progress=False)
@@ -207,11 +204,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--methods", f"unknown {unknown}; choose from {list(METHODS)}")
     if "dmf-searched" in args.methods and not args.searched:
         raise ConfigError("--searched", "required for the dmf-searched method (a YAML of friction.* keys)")
-    for path in (Path(args.out), *Path(args.out).parents):  # the first existing one must be a folder
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError("--out", f"{path} is a file, so the folder {args.out} cannot be created")
-            break
+    check_output_folder(Path(args.out), "--out")
 
 
 def _shared_keys(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,14 +243,25 @@ def run(argv: Sequence[str] | None = None) -> str:
     _check_args(args)
     task = TASKS[args.task]
     base = _shared_keys(args)
-    searched = _flatten(read_yaml_mapping(args.searched)) if args.searched else {}
     methods = {name: METHODS[name] for name in dict.fromkeys(args.methods)}
-    # Validate every method's config before anything runs: a typo fails in a second, not an hour in.
+    if "dmf-searched" in methods:  # DMF with the schedule keys of the --searched YAML
+        searched = methods["dmf-searched"]
+        methods["dmf-searched"] = replace(
+            searched, overrides={**searched.overrides, **_flatten(read_yaml_mapping(args.searched))})
+    # Validate every method's config, then its data, before anything runs: a typo fails in a
+    # second, not an hour in.
     base_cfg = load_train_config(None, base)
-    for name, method in methods.items():
-        for setting in _grid(task, method, args):
-            method_config(base, method, setting, args.seeds[0], searched)
-    load_dataset(base_cfg.data)
+    first = [method_config(base, method, s, args.seeds[0]) for method in methods.values() for s in _grid(task, method, args)]
+    # Datasets by their (frozen) config: the runs of one seed share theirs instead of rebuilding it.
+    datasets: dict[DataConfig, TranslationData] = {}
+
+    def dataset(cfg: DataConfig) -> TranslationData:
+        if cfg not in datasets:
+            datasets[cfg] = load_dataset(cfg)
+        return datasets[cfg]
+
+    for run_cfg in first:
+        dataset(run_cfg.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tracker = SweepTracker(tracking_uri_for(args.tracking_uri, out), args.experiment)
@@ -267,7 +271,7 @@ def run(argv: Sequence[str] | None = None) -> str:
 
     def tracked(cfg: TrainConfig, name: str, setting: float | None, role: str) -> tuple[RunResult, Any]:
         run_id = tracker.trial_run(f"{name}-{role}-s{cfg.seed}-{setting}", {"method": name, "role": role, **cfg.to_dict()})
-        result, trained = run_once(cfg, name, setting)
+        result, trained = run_once(cfg, dataset(cfg.data), name, setting)
         for record in result.history:
             tracker.log_eval(run_id, int(record["step"]), record)
         tracker.finish_trial(run_id, "FAILED" if result.failure else "FINISHED",
@@ -282,7 +286,7 @@ def run(argv: Sequence[str] | None = None) -> str:
             chosen[name], tuning[name] = grid[0], {}
             continue
         print(f"Tuning {method.label} on seed {args.tune_seed}:", flush=True)
-        scores = {s: tracked(method_config(base, method, s, args.tune_seed, searched), name, s, "tune")[0] for s in grid}
+        scores = {s: tracked(method_config(base, method, s, args.tune_seed), name, s, "tune")[0] for s in grid}
         tuning[name] = {s: r.metrics.get("fd", math.inf) for s, r in scores.items()}
         chosen[name] = min(tuning[name], key=lambda s: tuning[name][s] if math.isfinite(tuning[name][s]) else math.inf)
 
@@ -292,7 +296,7 @@ def run(argv: Sequence[str] | None = None) -> str:
     for name, method in methods.items():
         results[name] = []
         for seed in args.seeds:
-            result, trained = tracked(method_config(base, method, chosen[name], seed, searched), name, chosen[name], "eval")
+            result, trained = tracked(method_config(base, method, chosen[name], seed), name, chosen[name], "eval")
             results[name].append(result)
             if trained is not None and seed == args.seeds[0]:
                 state, data = trained
