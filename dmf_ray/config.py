@@ -59,7 +59,8 @@ class EvalConfig:
     Why optional: they need a latent -> image decoder (``decoder = "module:function"``, e.g. the
     ALAE generator) and local CLIP / Inception weights, none of which ship with the package.
     Without a decoder, runs report the latent-space scores (FD, KID, transport cost) only.
-    ``samples`` latents per side are decoded at each evaluation.
+    The first ``samples`` held-out target latents are decoded and embedded once per run; the
+    same number of mapped latents at each evaluation.
     """
 
     decoder: str | None = None

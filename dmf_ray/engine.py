@@ -12,7 +12,8 @@ Per step (DMF eq. 12 / appendix B):
 where s is the drift's coordinate scale (1 unless distance normalisation is on, as released).
 V comes from ``drift.family`` (:mod:`dmf_ray.families`); the ``sharp`` family instead trains its
 conservative potential directly, scaled by 1 - gamma(i). ``method: ofm`` swaps the whole step
-for :func:`dmf_ray.ofm.ofm_step`; the loop, evaluation and callbacks are shared.
+for :func:`ofm_step` (the objective of :mod:`dmf_ray.ofm`); the loop, evaluation and callbacks
+are shared.
 The loss value is kept on the device; the host reads it only at evaluation steps, and the
 training pools live on the device, so a step issues no host-device synchronisation.
 """
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dmf_ray import metrics
+from dmf_ray import metrics, ofm
 from dmf_ray.config import OptimConfig, TrainConfig
 from dmf_ray.data.base import TranslationData, stream_generator
 from dmf_ray.drift import RowShard
@@ -37,7 +38,6 @@ from dmf_ray.families import family_drift, sharp_potential
 from dmf_ray.image_metrics import build_image_scorer
 from dmf_ray.friction import VelocityBuffer, apply_friction, gamma
 from dmf_ray.models import GeneratorConfig, build_generator
-from dmf_ray.ofm import ofm_step
 
 _EVAL_BATCH = 8192
 _RANK_STREAM = 1000  # batch-sampling streams of ranks > 0, clear of the data streams
@@ -49,7 +49,7 @@ class Gather(Protocol):
     def __call__(self, local: Tensor) -> tuple[Tensor, RowShard]: ...
 
 
-ImageScorer = Callable[[Tensor, Tensor], dict[str, float]]  # (mapped, target latents) -> image scores
+ImageScorer = Callable[[Tensor], dict[str, float]]  # mapped latents -> image scores against the run's target
 
 
 @dataclass
@@ -155,6 +155,31 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
         target = x_fixed + displacement
         loss = ((x - target) / result.scale).square().mean()
 
+    apply_update(state, cfg, loss)
+    return StepStats(loss=loss.detach(), drift=drift, gamma=g)
+
+
+def ofm_step(state: TrainState, cfg: TrainConfig, data: TranslationData, ofm_cfg: ofm.OFMConfig) -> StepStats:
+    """One OFM optimiser step on a fresh batch (:mod:`dmf_ray.ofm`); advances ``state`` like :func:`train_step`.
+
+    ``state`` comes from :func:`build_state` with ``cfg.model.kind == "icnn"``. The batch is
+    ``cfg.batch_size`` source and as many target samples (``pos_batch_size`` does not apply: the
+    pairing needs equal counts), drawn from ``state.rng``. Returns StepStats with the OFM loss
+    value, the velocity residual u(x_t) - (x1 - x0) as ``drift`` (so drift_rms is its RMS), and
+    gamma 0.0 (no friction).
+    """
+    device = torch.device(cfg.device)
+    x0, x1, t = (v.to(device, non_blocking=True) for v in ofm.sample_batch(data, cfg.batch_size, ofm_cfg, state.rng))
+    x_t = (1.0 - t)[:, None] * x0 + t[:, None] * x1
+    icnn = unwrap_model(state.model)
+    z0 = ofm.invert_map(icnn, x_t, t, ofm_cfg.inner_iterations)
+    out = ofm.ofm_loss(state.model, x0, x1, t, z0, ofm_cfg.ihv, ofm_cfg.cg_iterations, unwrapped=icnn)
+    apply_update(state, cfg, out.surrogate)
+    return StepStats(loss=out.value, drift=out.residual, gamma=0.0)
+
+
+def apply_update(state: TrainState, cfg: TrainConfig, loss: Tensor) -> None:
+    """The optimiser tail every step shares: backprop ``loss``, clip, step optimiser and LR schedule."""
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip is not None:
@@ -162,7 +187,6 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
     state.optimizer.step()
     state.scheduler.step()
     state.step += 1
-    return StepStats(loss=loss.detach(), drift=drift, gamma=g)
 
 
 @torch.no_grad()
@@ -193,7 +217,7 @@ def evaluate(model: nn.Module, data: TranslationData, cfg: TrainConfig, image_sc
     target = data.test_target[: cfg.eval_samples]
     scores = metrics.evaluate_translation(source, mapped, target, ot_map=data.ot_map, with_kid=cfg.eval_kid, seed=cfg.seed)
     if image_scorer is not None:
-        scores.update(image_scorer(mapped, target))
+        scores.update(image_scorer(mapped))
     return scores
 
 
@@ -222,7 +246,8 @@ def train(
     # x86 and changes nothing at float32 resolution of the sums, so flush it to zero.
     torch.set_flush_denormal(True)
     data = data.with_train_pools_on(cfg.device)
-    image_scorer = build_image_scorer(cfg.eval, cfg.device) if score else None  # loads weights once
+    # Loads weights and embeds the held-out target once per run, before any step.
+    image_scorer = build_image_scorer(cfg.eval, data.test_target[: cfg.eval_samples], cfg.device) if score else None
     state = state or build_state(cfg, data)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train", dynamic_ncols=True)
     shown: dict[str, str] = {}

@@ -39,11 +39,13 @@ from cleanfid.resize import build_resizer
 from PIL import Image
 
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.metrics import Features, _as_pair, frechet_distance
+from dmf_ray.metrics import Features, _as_features, _as_pair, frechet_distance
 
 ImageBatch = torch.Tensor | np.ndarray
 Decoder = Callable[[torch.Tensor], ImageBatch]
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
+#: (CLIP embeddings, FID features) of decoded latents; None where that score is not configured.
+ImageFeatures = tuple[torch.Tensor | None, np.ndarray | None]
 
 #: Bandwidth of the CMMD Gaussian RBF kernel and the x1000 reporting scale (paper and reference code).
 CMMD_SIGMA: float = 10.0
@@ -53,6 +55,8 @@ CMMD_SCALE: float = 1000.0
 DEFAULT_CLIP_MODEL: str = "ViT-L-14-336-quickgelu"
 #: File name clean-fid's InceptionV3W loads from its folder (it joins this name itself).
 INCEPTION_FILENAME: str = "inception-2015-12-05.pt"
+#: Latents decoded (and images embedded) per batch when scoring.
+DECODE_BATCH: int = 32
 
 
 def _one_line(exc: BaseException) -> str:
@@ -357,7 +361,7 @@ def _fid_extractor(
         raise ConfigError("eval.inception_weights", "give either a feature extractor or an Inception weights path, not both")
     if feature_extractor is not None:
         if not callable(feature_extractor):
-            raise ConfigError("eval.fid_extractor", f"must be callable, got {type(feature_extractor).__name__}")
+            raise ConfigError("feature_extractor", f"must be callable, got {type(feature_extractor).__name__}")
         return feature_extractor
     if inception_path is None:
         raise ConfigError(
@@ -423,23 +427,20 @@ def load_decoder(spec: str, field: str = "eval.decoder") -> Decoder:
     return obj
 
 
-def _as_latents(x: Features, name: str) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    if t.ndim != 2 or t.shape[0] < 2:
-        raise ValueError(f"{name}: expected (N, D) latents with N >= 2, got shape {tuple(t.shape)}")
-    return t.detach().to(torch.float32)
-
-
 def _decoded_features(
-    latents: torch.Tensor,
+    latents: Features,
     decoder: Decoder,
     clip: ClipEmbedder | None,
     fid_extractor: FeatureExtractor | None,
     batch_size: int,
     device: torch.device | str | None,
     name: str,
-) -> tuple[torch.Tensor | None, np.ndarray | None]:
-    """Decode in batches and keep only features: 1024^2 images of a whole eval set would not fit."""
+) -> ImageFeatures:
+    """The features step of image scoring: validate, decode in batches, embed.
+
+    Decodes in batches and keeps only features: 1024^2 images of a whole eval set would not fit.
+    """
+    latents = torch.from_numpy(_as_features(latents, name)).to(torch.float32)
     clip_out, fid_out = [], []
     for rows in _batches(latents.shape[0], batch_size):
         with torch.no_grad():
@@ -456,6 +457,17 @@ def _decoded_features(
     )
 
 
+def _scores_of_features(mapped: ImageFeatures, target: ImageFeatures) -> dict[str, float]:
+    """``{"cmmd", "fid_image"}`` from two :func:`_decoded_features` results, each when it was computed."""
+    (clip_m, fid_m), (clip_t, fid_t) = mapped, target
+    scores: dict[str, float] = {}
+    if clip_m is not None and clip_t is not None:
+        scores["cmmd"] = cmmd(clip_m, clip_t)
+    if fid_m is not None and fid_t is not None:
+        scores["fid_image"] = frechet_distance(fid_m, fid_t)
+    return scores
+
+
 def image_scores(
     mapped_latents: Features,
     target_latents: Features,
@@ -463,9 +475,8 @@ def image_scores(
     clip: ClipEmbedder | None = None,
     fid_extractor: FeatureExtractor | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = DECODE_BATCH,
     device: torch.device | str | None = None,
-    unbiased_cmmd: bool = True,
 ) -> dict[str, float]:
     """Decode mapped and target latents and score the images: ``{"cmmd": ..., "fid_image": ...}``.
 
@@ -473,8 +484,9 @@ def image_scores(
     :func:`load_decoder`) ``batch_size`` at a time; only the features are kept. ``cmmd`` is
     present when ``clip`` is given, ``fid_image`` when ``fid_extractor`` is (clean-fid Inception
     from :func:`load_inception`, or any custom extractor). Build both once per run, not per
-    evaluation: loading ViT-L/14-336 takes seconds. ``device`` is where FID features are computed
-    (the ClipEmbedder has its own). Without a decoder, evaluation stays latent-space only.
+    evaluation: loading ViT-L/14-336 takes seconds (:func:`build_image_scorer` does, and decodes
+    the target once too). ``device`` is where FID features are computed (the ClipEmbedder has its
+    own). Without a decoder, evaluation stays latent-space only.
     """
     if clip is None and fid_extractor is None:
         raise ConfigError(
@@ -482,16 +494,37 @@ def image_scores(
         )
     if not callable(decoder):
         raise ConfigError("eval.decoder", f"must be callable, got {type(decoder).__name__}")
-    mapped = _as_latents(mapped_latents, "mapped_latents")
-    target = _as_latents(target_latents, "target_latents")
-    clip_m, fid_m = _decoded_features(mapped, decoder, clip, fid_extractor, batch_size, device, "mapped_latents")
-    clip_t, fid_t = _decoded_features(target, decoder, clip, fid_extractor, batch_size, device, "target_latents")
-    scores: dict[str, float] = {}
-    if clip_m is not None and clip_t is not None:
-        scores["cmmd"] = cmmd(clip_m, clip_t, unbiased=unbiased_cmmd)
-    if fid_m is not None and fid_t is not None:
-        scores["fid_image"] = frechet_distance(fid_m, fid_t)
-    return scores
+    mapped = _decoded_features(mapped_latents, decoder, clip, fid_extractor, batch_size, device, "mapped_latents")
+    target = _decoded_features(target_latents, decoder, clip, fid_extractor, batch_size, device, "target_latents")
+    return _scores_of_features(mapped, target)
+
+
+def build_image_scorer(
+    cfg: Any, target_latents: Features, device: torch.device | str | None = None
+) -> Callable[[Features], dict[str, float]] | None:
+    """The run's image scorer from its ``eval`` section (a ``dmf_ray.config.EvalConfig``), or None.
+
+    The held-out target is a property of the run, so its first ``cfg.samples`` rows are decoded
+    and embedded here, once, together with loading the decoder, CLIP and Inception (loading
+    ViT-L/14-336 takes seconds). Returns ``score(mapped_latents) -> {"cmmd", "fid_image"}``,
+    which scores the first ``cfg.samples`` mapped rows against that target. Missing weight files
+    fail here, before any training step, with one line naming the file.
+    """
+    if cfg.decoder is None:
+        return None
+    decoder = load_decoder(cfg.decoder)
+    clip = ClipEmbedder(cfg.clip_model, cfg.clip_weights, device=device) if cfg.clip_weights else None
+    extractor = load_inception(cfg.inception_weights, device=device) if cfg.inception_weights else None
+
+    def features(latents: Features, name: str) -> ImageFeatures:
+        return _decoded_features(latents[: cfg.samples], decoder, clip, extractor, DECODE_BATCH, device, name)
+
+    target = features(target_latents, "target_latents")
+
+    def score(mapped: Features) -> dict[str, float]:
+        return _scores_of_features(features(mapped, "mapped_latents"), target)
+
+    return score
 
 
 __all__ = [
@@ -510,22 +543,3 @@ __all__ = [
     "to_uint8_images",
 ]
 
-
-def build_image_scorer(cfg: Any, device: torch.device | str | None = None) -> Callable[[Features, Features], dict[str, float]] | None:
-    """The run's image scorer from its ``eval`` section (a ``dmf_ray.config.EvalConfig``), or None.
-
-    Loads the decoder, CLIP and Inception once per run -- loading ViT-L/14-336 takes seconds --
-    and returns ``score(mapped_latents, target_latents) -> {"cmmd", "fid_image"}``. Missing
-    weight files fail here, before any training step, with one line naming the file.
-    """
-    if cfg.decoder is None:
-        return None
-    decoder = load_decoder(cfg.decoder)
-    clip = ClipEmbedder(cfg.clip_model, cfg.clip_weights, device=device) if cfg.clip_weights else None
-    extractor = load_inception(cfg.inception_weights, device=device) if cfg.inception_weights else None
-
-    def score(mapped: Features, target: Features) -> dict[str, float]:
-        return image_scores(mapped[: cfg.samples], target[: cfg.samples], decoder, clip=clip,
-                            fid_extractor=extractor, device=device)
-
-    return score

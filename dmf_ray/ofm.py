@@ -47,9 +47,7 @@ from torch import Tensor, nn
 from dmf_ray.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dmf_ray.config import TrainConfig
     from dmf_ray.data.base import TranslationData
-    from dmf_ray.engine import StepStats, TrainState
 
 IHVMethod = Literal["exact", "cg"]
 IHV_METHODS: tuple[str, ...] = get_args(IHVMethod)
@@ -221,11 +219,14 @@ def ofm_loss(
     z0: Tensor,
     ihv: IHVMethod = "exact",
     cg_iterations: int = 50,
+    *,
+    unwrapped: nn.Module | None = None,
 ) -> OFMLoss:
     """The OFM objective for paired x0, x1 (N, d) at times t (N,), given z0 = invert_map(x_t).
 
     ``icnn`` is the generator as trained (it may be wrapped, e.g. DDP: the surrogate calls its
-    forward, grad Psi, so gradient sync happens); the Hessian solve uses the unwrapped module.
+    forward, grad Psi, so gradient sync happens); the Hessian solve uses ``unwrapped``, the module
+    inside such a wrapper (default: ``icnn`` itself).
     The surrogate is mean_i < sg(M_i^{-1} 2 r_i), grad Psi_theta(z0_i) > with r = (x0 - z0)/t,
     whose parameter gradient equals the gradient of L = mean_i ||r_i||^2 (module docstring; up to
     the factor t / (t + T_EPS) on each sample, which T_EPS = 1e-5 puts within 1e-4 of 1 for t >= 0.1).
@@ -236,12 +237,11 @@ def ofm_loss(
             f"x0, x1, z0 must be (N, d) and t (N,): got {tuple(x0.shape)}, {tuple(x1.shape)}, "
             f"{tuple(z0.shape)}, {tuple(t.shape)}"
         )
-    from dmf_ray.engine import unwrap_model  # at call time: engine may import this module
-
     t = t.reshape(-1, 1).to(x0)
     z0 = z0.detach()
     residual = (x0 - z0) / (t + T_EPS)  # [N, d] = u(x_t) - (x1 - x0)
-    w = flow_jacobian_solve(unwrap_model(icnn), z0, t, 2.0 * residual, ihv, cg_iterations)  # [N, d]
+    solver_model = icnn if unwrapped is None else unwrapped
+    w = flow_jacobian_solve(solver_model, z0, t, 2.0 * residual, ihv, cg_iterations)  # [N, d]
     with torch.enable_grad():
         surrogate = (w * icnn(z0)).sum(dim=1).mean()
     return OFMLoss(surrogate=surrogate, value=residual.square().sum(dim=1).mean(), residual=residual)
@@ -257,40 +257,3 @@ def sample_batch(
         x1 = x1[minibatch_ot_pairing(x0, x1)]
     t = ofm_cfg.t_min + (ofm_cfg.t_max - ofm_cfg.t_min) * torch.rand(batch_size, generator=rng)
     return x0, x1, t
-
-
-def ofm_step(state: TrainState, cfg: TrainConfig, data: TranslationData, ofm_cfg: OFMConfig) -> StepStats:
-    """One OFM optimiser step on a fresh batch; advances ``state`` in place like ``engine.train_step``.
-
-    ``state`` comes from ``engine.build_state`` with ``cfg.model.kind == "icnn"``. The batch is
-    ``cfg.batch_size`` source and as many target samples (``pos_batch_size`` does not apply: the
-    pairing needs equal counts), drawn from ``state.rng``. Returns StepStats with the OFM loss
-    value, the velocity residual u(x_t) - (x1 - x0) as ``drift`` (so drift_rms is its RMS), and
-    gamma 0.0 (no friction).
-    """
-    # Imported here, not at the top: engine is expected to import this module for its
-    # `method: ofm` switch, and a top-level import both ways would be circular.
-    from dmf_ray.engine import StepStats, unwrap_model
-
-    device = torch.device(cfg.device)
-    x0, x1, t = (v.to(device, non_blocking=True) for v in sample_batch(data, cfg.batch_size, ofm_cfg, state.rng))
-    x_t = (1.0 - t)[:, None] * x0 + t[:, None] * x1
-    z0 = invert_map(unwrap_model(state.model), x_t, t, ofm_cfg.inner_iterations)
-    out = ofm_loss(state.model, x0, x1, t, z0, ofm_cfg.ihv, ofm_cfg.cg_iterations)
-
-    state.optimizer.zero_grad(set_to_none=True)
-    out.surrogate.backward()
-    if cfg.optim.grad_clip is not None:
-        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
-    state.optimizer.step()
-    state.scheduler.step()
-    state.step += 1
-    return StepStats(loss=out.value, drift=out.residual, gamma=0.0)
-
-
-def inverse_residual(icnn: nn.Module, z0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """Per-sample ||(1 - t) z0 + t grad Psi(z0) - x_t||: (N,), how well :func:`invert_map` solved."""
-    t = t.reshape(-1, 1).to(x_t)
-    with torch.no_grad():
-        return ((1.0 - t) * z0 + t * icnn(z0) - x_t).norm(dim=1)
-

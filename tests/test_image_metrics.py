@@ -260,12 +260,12 @@ def test_inception_loads_through_clean_fid_from_a_local_file(tmp_path: Path) -> 
     path = tmp_path / INCEPTION_FILENAME
     torch.jit.script(fake).save(str(path))
     images = _images(15, n=3)
+    resized = torch.from_numpy(image_features(images, lambda x: x.flatten(1), device="cpu")).reshape(3, 3, 299, 299)
+    with torch.no_grad():
+        expected = fake.layers((resized.float() - 128) / 128).numpy()
     for where in (path, tmp_path):  # the file or its folder
         inception = load_inception(where, device="cpu")
         feats = image_features(images, inception, device="cpu")
-        resized = torch.from_numpy(image_features(images, lambda x: x.flatten(1), device="cpu")).reshape(3, 3, 299, 299)
-        with torch.no_grad():
-            expected = fake.layers((resized.float() - 128) / 128).numpy()
         assert feats.shape == (3, 2048)
         np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-5)
 
@@ -362,6 +362,27 @@ def test_image_scores_end_to_end(embedder: ClipEmbedder, extractor: nn.Module) -
         image_scores(mapped_bad, target, decoder)
 
 
+def test_image_scorer_decodes_the_target_once_and_scores_like_image_scores(tiny_clip: dict, monkeypatch) -> None:
+    import decoders_for_tests
+
+    from dmf_ray.config import EvalConfig
+    from dmf_ray.image_metrics import build_image_scorer
+
+    decoded: list[int] = []
+    original = decoders_for_tests.latents_to_images
+    monkeypatch.setattr(decoders_for_tests, "latents_to_images", lambda z: (decoded.append(len(z)), original(z))[1])
+    cfg = EvalConfig(decoder=DECODER, clip_model=TINY_CLIP, clip_weights=str(tiny_clip["weights"]), samples=12)
+    gen = torch.Generator().manual_seed(5)
+    target, mapped = torch.randn(20, 8, generator=gen), torch.randn(20, 8, generator=gen) + 1.0
+    score = build_image_scorer(cfg, target, device="cpu")
+    assert sum(decoded) == 12  # the target's first eval.samples rows, at build time
+    first, second = score(mapped), score(mapped)
+    assert sum(decoded) == 12 + 2 * 12 and first == second
+    clip = ClipEmbedder(TINY_CLIP, tiny_clip["weights"], device="cpu")
+    assert first == pytest.approx(image_scores(mapped[:12], target[:12], original, clip=clip), rel=1e-6)
+    assert build_image_scorer(EvalConfig(), target) is None
+
+
 def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: dict) -> None:
     """The trainer's evaluation decodes mapped and target latents and logs CMMD next to latent FD."""
     from dmf_ray.config import load_train_config
@@ -371,7 +392,7 @@ def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: d
     cfg = load_train_config(None, {
         "data.name": "gaussian-ot", "data.dim": 4, "data.n_train": 300, "data.n_test": 64, "model.kind": "residual",
         "steps": 4, "eval_every": 2, "batch_size": 32, "eval_samples": 64,
-        "eval.decoder": "decoders_for_tests:latents_to_images", "eval.clip_model": TINY_CLIP,
+        "eval.decoder": DECODER, "eval.clip_model": TINY_CLIP,
         "eval.clip_weights": str(tiny_clip["weights"]), "eval.samples": 16,
     })
     state = train(cfg, load_dataset(cfg.data), progress=False)
@@ -383,11 +404,11 @@ def test_eval_section_is_validated_at_the_edge(tmp_path: Path) -> None:
     from dmf_ray.config import load_train_config
 
     with pytest.raises(ConfigError, match="eval.decoder: needs eval.clip_weights"):
-        load_train_config(None, {"eval.decoder": "decoders_for_tests:latents_to_images"})
+        load_train_config(None, {"eval.decoder": DECODER})
     with pytest.raises(ConfigError, match="eval.decoder: required when image weights"):
         load_train_config(None, {"eval.clip_weights": str(tmp_path / "w.safetensors")})
     missing = tmp_path / "nope.safetensors"
-    cfg = load_train_config(None, {"eval.decoder": "decoders_for_tests:latents_to_images", "eval.clip_model": TINY_CLIP,
+    cfg = load_train_config(None, {"eval.decoder": DECODER, "eval.clip_model": TINY_CLIP,
                                    "eval.clip_weights": str(missing), "steps": 2, "eval_every": 1})
     from dmf_ray.data import load_dataset
     from dmf_ray.engine import train
