@@ -1,14 +1,14 @@
 """dmf_ray: train, sweep, track and serve one-step generators trained by drifting with friction.
 
 ``import dmf_ray`` stays light (no torch/MLflow import); heavier entry points load on first use:
-``dmf_ray.load_model(uri, tracking_uri=None)`` -> :class:`dmf_ray.inference.Translator`.
+``dmf_ray.load_model(uri, tracking_uri=None)`` -> :class:`dmf_ray.serving.inference.Translator`.
 """
 
 from typing import Any
 
 __version__ = '0.1.0'
 
-_LAZY = {"load_model": ("dmf_ray.inference", "load_model")}
+_LAZY = {"load_model": ("dmf_ray.serving.inference", "load_model")}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,7 @@
     python -m dmf_ray.infer --model models:/dmf-ffhq-adult2child@champion \\
         --input adults.npy --output children.npy [--tracking-uri sqlite:///runs/mlflow.db]
 
-``--model`` is anything :func:`dmf_ray.inference.load_model` accepts (``models:/NAME@alias``,
+``--model`` is anything :func:`dmf_ray.serving.inference.load_model` accepts (``models:/NAME@alias``,
 ``models:/NAME/VERSION``, ``runs:/...``, a logged model folder, a run folder or a
 ``generator.safetensors`` file). The input must be a 2-D float array (float16/32/64) stored
 without pickle, as wide as the model's input, with finite values; the output is float32.
@@ -28,7 +28,7 @@ import numpy as np
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.data.npy import open_npy
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.inference import check_float_matrix
+from dmf_ray.serving.inference import check_float_matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def write_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def _resolve_tracking_uri(value: str | None) -> str:
-    from dmf_ray.tracking import check_tracking_server, sqlite_path, tracking_uri_for
+    from dmf_ray.platform.tracking import check_tracking_server, sqlite_path, tracking_uri_for
 
     if value is None:
         value = os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -96,7 +96,7 @@ def run(argv: Sequence[str] | None = None) -> str:
     is_uri = "://" in args.model or args.model.startswith(("models:", "runs:"))
     tracking_uri = _resolve_tracking_uri(args.tracking_uri) if is_uri else None
 
-    from dmf_ray.inference import load_model
+    from dmf_ray.serving.inference import load_model
 
     t0 = time.perf_counter()
     translator = load_model(args.model, tracking_uri=tracking_uri)

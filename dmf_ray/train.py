@@ -1,6 +1,6 @@
 """``python -m dmf_ray.train``: train one DMF generator from a YAML config and/or flags.
 
-Thin CLI over :mod:`dmf_ray.engine`: parse, validate everything (config and data) before any
+Thin CLI over :mod:`dmf_ray.trainer.engine`: parse, validate everything (config and data) before any
 file is written, run the loop with a progress bar, and let :class:`RunWriter` put checkpoints,
 metrics and plots in the output folder. Bad input exits 2 with one line; a diverged run exits 1.
 
@@ -25,15 +25,15 @@ from typing import Any, Sequence
 
 import yaml
 
-from dmf_ray.checkpoint import checkpoint_config, checkpoint_name, latest_checkpoint, restore_state, save_checkpoint
-from dmf_ray.config import TrainConfig, load_train_config
+from dmf_ray.trainer.checkpoint import checkpoint_config, checkpoint_name, latest_checkpoint, restore_state, save_checkpoint
+from dmf_ray.trainer.config import TrainConfig, load_train_config
 from dmf_ray.data.base import TranslationData, load_dataset
-from dmf_ray.engine import TrainState, build_state, generator_config, train, translate
+from dmf_ray.trainer.engine import TrainState, build_state, generator_config, train, translate
 from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
 from dmf_ray.errors import DataError, UserInputError
-from dmf_ray.friction import plot_schedule
-from dmf_ray.models import save_generator
-from dmf_ray.plots import plot_curves, plot_samples
+from dmf_ray.core.friction import plot_schedule
+from dmf_ray.core.models import save_generator
+from dmf_ray.trainer.plots import plot_curves, plot_samples
 
 # flag -> dotted config key; values are parsed as YAML scalars/lists ("[0.05, 0.2]", "true").
 FLAG_KEYS: dict[str, str] = {

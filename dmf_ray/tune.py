@@ -1,6 +1,6 @@
 """``python -m dmf_ray.tune --space FILE``: sweep DMF settings with Optuna on Ray Tune, tracked in MLflow.
 
-Thin CLI over :mod:`dmf_ray.sweep`: validate the space and every flag before Ray starts, run
+Thin CLI over :mod:`dmf_ray.platform.sweep`: validate the space and every flag before Ray starts, run
 the sweep (Tune prints its trial table), then print the top trials (also written as CSV and
 markdown), the champion's model URI and the commands to browse MLflow and run inference.
 With only ``--space`` it runs on the embedded toy task with a local Ray and a sqlite MLflow
@@ -17,13 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from dmf_ray.config import load_train_config
+from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data.base import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, DataError, UserInputError
-from dmf_ray.registry import default_model_name
-from dmf_ray.search_space import MIN_CPUS_PER_WORKER, SearchSpec, load_search_space
-from dmf_ray.tracking import check_tracking_server, tracking_uri_for
+from dmf_ray.platform.registry import default_model_name
+from dmf_ray.platform.search_space import MIN_CPUS_PER_WORKER, SearchSpec, load_search_space
+from dmf_ray.platform.tracking import check_tracking_server, tracking_uri_for
 
 DEFAULT_STORAGE = "runs/sweeps"
 DEFAULT_EXPERIMENT = "dmf-sweeps"
@@ -117,7 +117,7 @@ def _sweep_name(args: argparse.Namespace, stem: str, label: str, storage: str) -
 
 def make_plan(args: argparse.Namespace):
     """Validate everything and resolve defaults; nothing is started or written."""
-    from dmf_ray.sweep import SweepPlan
+    from dmf_ray.platform.sweep import SweepPlan
 
     space_path = Path(args.space)
     spec = spec_with_flags(load_search_space(space_path), args)
@@ -168,7 +168,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    from dmf_ray.sweep import RAY_ENV, build_tuner, close_open_runs, open_tracker, register_best, summarise, write_summary
+    from dmf_ray.platform.sweep import RAY_ENV, build_tuner, close_open_runs, open_tracker, register_best, summarise, write_summary
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -192,7 +192,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _print_report(plan, rows, csv_path: Path, md_path: Path, best_params: Path | None, registered) -> None:
-    from dmf_ray.sweep import markdown, summary_table
+    from dmf_ray.platform.sweep import markdown, summary_table
 
     md = markdown(summary_table(plan, rows[:TOP_SHOWN]))
     print(f"\nTop trials by {plan.spec.metric} ({plan.spec.mode}) of sweep {plan.name}:\n{md}")

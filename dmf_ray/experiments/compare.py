@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
-from dmf_ray.config import TrainConfig, load_train_config, read_yaml_mapping
+from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_mapping
 from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
-from dmf_ray.engine import train, translate
+from dmf_ray.trainer.engine import train, translate
 from dmf_ray.errors import ConfigError, TrainingDiverged
-from dmf_ray.plots import plot_bars, plot_curves, plot_sample_panels
-from dmf_ray.tracking import SweepTracker, tracking_uri_for
+from dmf_ray.trainer.plots import plot_bars, plot_curves, plot_sample_panels
+from dmf_ray.platform.tracking import SweepTracker, tracking_uri_for
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.friction import FrictionConfig, schedule_values
+from dmf_ray.core.friction import FrictionConfig, schedule_values
 
 # Starting distance of the cobweb in fig. 1d, in units of tau; also used for panels (a) and (c).
 A0_BELOW = 0.08
@@ -81,7 +81,7 @@ def iterate(
     """Trajectory a_0, ..., a_steps (length steps + 1) of the first-order surrogate (eq. 13).
 
     ``schedule_cfg`` None means no friction (gamma = 0, eq. 9); otherwise gamma(i) comes from
-    :func:`dmf_ray.friction.schedule_values` over ``steps`` steps. The surrogate is analysed
+    :func:`dmf_ray.core.friction.schedule_values` over ``steps`` steps. The surrogate is analysed
     for the first-order update only, so other orders are rejected rather than ignored.
     """
     if tau <= 0:

@@ -1,6 +1,6 @@
 """Image-space scores for latent translators: CMMD (CLIP) and FID (Inception), plus a decoder hook.
 
-Why this module exists: latent-space FD/KID (``dmf_ray.metrics``) say how well mapped ALAE W
+Why this module exists: latent-space FD/KID (``dmf_ray.eval.metrics``) say how well mapped ALAE W
 latents match the target latents, but papers report image metrics. When a run configures a
 decoder (``eval.decoder = "module:function"``, latents -> images), :func:`image_scores` decodes
 mapped and target latents batch by batch and scores the images with
@@ -39,7 +39,7 @@ from cleanfid.resize import build_resizer
 from PIL import Image
 
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.metrics import Features, _as_features, _as_pair, frechet_distance
+from dmf_ray.eval.metrics import Features, _as_features, _as_pair, frechet_distance
 
 ImageBatch = torch.Tensor | np.ndarray
 Decoder = Callable[[torch.Tensor], ImageBatch]
@@ -386,7 +386,7 @@ def fid_from_images(
     Exactly one of ``feature_extractor`` (clean-fid ``custom_feat_extractor`` convention) and
     ``inception_path`` (local ``inception-2015-12-05.pt``) must be given. The distance is
     clean-fid's ``frechet_distance`` on the features' mean and unbiased covariance (as its
-    ``fid_from_feats``), via :func:`dmf_ray.metrics.frechet_distance`. FID needs more images
+    ``fid_from_feats``), via :func:`dmf_ray.eval.metrics.frechet_distance`. FID needs more images
     than feature dimensions for a full-rank covariance (2048 for Inception) to mean much.
     """
     extractor = _fid_extractor(feature_extractor, inception_path, device)
@@ -502,7 +502,7 @@ def image_scores(
 def build_image_scorer(
     cfg: Any, target_latents: Features, device: torch.device | str | None = None
 ) -> Callable[[Features], dict[str, float]] | None:
-    """The run's image scorer from its ``eval`` section (a ``dmf_ray.config.EvalConfig``), or None.
+    """The run's image scorer from its ``eval`` section (a ``dmf_ray.trainer.config.EvalConfig``), or None.
 
     The held-out target is a property of the run, so its first ``cfg.samples`` rows are decoded
     and embedded here, once, together with loading the decoder, CLIP and Inception (loading

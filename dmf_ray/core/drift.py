@@ -70,7 +70,7 @@ KERNELS: tuple[str, ...] = ("laplace", "gaussian")
 NORMALIZATIONS: tuple[str, ...] = ("row", "bidirectional", "sharp")
 MatmulPrecision = Literal["fp32", "tf32", "bf16"]
 MATMUL_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-# Drift families (REFERENCE 1, WGF view; implemented in dmf_ray.families): ``drifting`` is this
+# Drift families (REFERENCE 1, WGF view; implemented in dmf_ray.core.families): ``drifting`` is this
 # module's drift_field; ``sharp`` trains on the conservative potential whose negative gradient
 # is the ``sharp``-normalised drift; ``kl_parzen``, ``mmd`` and ``sinkhorn`` are the KL (Parzen),
 # MMD-witness and debiased entropic-OT vector fields.
@@ -116,7 +116,7 @@ class DriftConfig:
             entries (exact; module docstring). 0 always uses the dense product; CUDA always
             does (the sparse path must count entries on the host).
         family: which drift family trains the generator (``FAMILIES``; see
-            :mod:`dmf_ray.families`). ``drifting`` (the default) is :func:`drift_field` unchanged.
+            :mod:`dmf_ray.core.families`). ``drifting`` (the default) is :func:`drift_field` unchanged.
         sinkhorn_epsilon: entropic regularisation of the ``sinkhorn`` family, on the squared
             distance in the same units as the kernel's distances: divided by the distance scale
             (mean distance) when ``distance_norm`` is on -- so 0.05 blurs over about
@@ -386,7 +386,7 @@ def _scales(total: Tensor | None, count: int, d: int, like: Tensor) -> tuple[Ten
     The distance scale s is the mean distance (kernel distances are r / s), the coordinate
     scale s / sqrt(D) the loss scale; both floored as released. ``total`` None (no
     ``distance_norm``): both are 1. In ``like``'s dtype and device; shared with
-    dmf_ray.families so every family uses the same scales.
+    dmf_ray.core.families so every family uses the same scales.
     """
     if total is None:
         return like.new_ones(()), like.new_ones(())
@@ -468,7 +468,7 @@ def _check_shapes(gen: Tensor, pos: Tensor, **optional: Tensor | None) -> None:
     """Reject inputs that are not non-empty row x feature matrices of one feature dimension.
 
     ``optional`` are further named row sets that may be None (drift_field's ``neg``); the
-    messages name exactly the sets passed. Shared with dmf_ray.families.
+    messages name exactly the sets passed. Shared with dmf_ray.core.families.
     """
     named = {"gen": gen, "pos": pos, **optional}
     given = [t for t in named.values() if t is not None]

@@ -51,7 +51,7 @@ Every name in ``fixed`` and ``params`` must be a real TrainConfig key (``section
 loop key such as ``steps``), and every fixed value, bound and choice must be accepted by the
 training config: loading builds one TrainConfig per extreme (each param at its low, its high and
 each choice, the params it depends on set so that its ``when`` holds, every other param at its
-first value) through :func:`dmf_ray.config.load_train_config`. Errors are
+first value) through :func:`dmf_ray.trainer.config.load_train_config`. Errors are
 :class:`~dmf_ray.errors.ConfigError` whose field is the key path in the file, e.g.
 ``params.friction.power.low``, ``scheduler.grace_period``, ``fixed.steps``; a file that cannot
 be read or parsed is a :class:`~dmf_ray.errors.DataError` naming the file.
@@ -80,9 +80,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
-from dmf_ray.config import TrainConfig, load_train_config, read_yaml_mapping
+from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_mapping
 from dmf_ray.errors import ConfigError
-from dmf_ray.metrics import METRIC_NAMES
+from dmf_ray.eval.metrics import METRIC_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (Ray is slow to import)
     import optuna

@@ -20,12 +20,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from dmf_ray.config import TrainConfig, train_config_from_dict
-from dmf_ray.engine import TrainState, unwrap_model
+from dmf_ray.trainer.config import TrainConfig, train_config_from_dict
+from dmf_ray.trainer.engine import TrainState, unwrap_model
 from dmf_ray.errors import DataError
 
 FORMAT_VERSION = "1"
-_META_KEY = "dmf_ray.checkpoint"
+_META_KEY = "dmf_ray.trainer.checkpoint"
 _NAME = re.compile(r"^step_(\d+)\.safetensors$")
 
 

@@ -5,7 +5,7 @@ Why this module exists: in the Wasserstein-gradient-flow view (REFERENCE 1, Gret
 the data distribution p as fixed point. Making the family one config key (``drift.family``)
 lets a sweep compare them with everything else held fixed:
 
-* ``drifting`` -- :func:`dmf_ray.drift.drift_field`, unchanged (same code path, bit-identical).
+* ``drifting`` -- :func:`dmf_ray.core.drift.drift_field`, unchanged (same code path, bit-identical).
 * ``sharp`` -- Franz et al. 2026 (seed 003): the scalar potential
   L(x) = sum_i [log Z#_q(x_i) - log Z#_p(x_i)], Z#(x) = sum_y K#(|x - y|),
   K#(r) = int_r^inf s k(s) ds (Laplace: tau (r + tau) e^{-r/tau}; Gaussian: tau^2 k). Its
@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from dmf_ray.drift import (
+from dmf_ray.core.drift import (
     _SQ_DIST_EPS,
     FAMILIES,
     DriftConfig,
@@ -80,7 +80,7 @@ from dmf_ray.errors import ConfigError
 if TYPE_CHECKING:  # config imports drift (and may import this module): no runtime import
     from collections.abc import Callable
 
-    from dmf_ray.config import TrainConfig
+    from dmf_ray.trainer.config import TrainConfig
 
 __all__ = [
     "FAMILIES",

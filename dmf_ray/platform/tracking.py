@@ -474,7 +474,7 @@ def figures_for_run(
     Each figure is made only when its input is there (samples given, a friction config and
     ``total_steps >= 2``, a non-empty history). ``friction_cfg`` may be a FrictionConfig or a mapping.
     """
-    from dmf_ray.plots import plot_curves, plot_samples
+    from dmf_ray.trainer.plots import plot_curves, plot_samples
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -483,7 +483,7 @@ def figures_for_run(
         generated, target = samples
         figures["samples"] = plot_samples(generated, target, out / "samples.png")
     if friction_cfg is not None and total_steps is not None and int(total_steps) >= 2:
-        from dmf_ray.friction import FrictionConfig, plot_schedule
+        from dmf_ray.core.friction import FrictionConfig, plot_schedule
 
         cfg = friction_cfg if isinstance(friction_cfg, FrictionConfig) else FrictionConfig(**dict(friction_cfg))
         figures["friction"] = plot_schedule(cfg, int(total_steps), out / "friction.png")

@@ -19,12 +19,12 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from dmf_ray.data.base import DataConfig
-from dmf_ray.drift import DriftConfig, make_drift_config
+from dmf_ray.core.drift import DriftConfig, make_drift_config
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.families import check_family_compatible
-from dmf_ray.friction import FrictionConfig
-from dmf_ray.models import GeneratorConfig
-from dmf_ray.ofm import OFMConfig
+from dmf_ray.core.families import check_family_compatible
+from dmf_ray.core.friction import FrictionConfig
+from dmf_ray.core.models import GeneratorConfig
+from dmf_ray.core.ofm import OFMConfig
 
 
 @dataclass(frozen=True)

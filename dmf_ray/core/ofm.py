@@ -136,7 +136,7 @@ def inner_objective(icnn: nn.Module, z: Tensor, x_t: Tensor, t: Tensor) -> Tenso
 def invert_map(icnn: nn.Module, x_t: Tensor, t: Tensor, iterations: int = 10, tolerance_grad: float = 1e-7) -> Tensor:
     """z0 (N, d) with (1 - t) z0 + t grad Psi(z0) ~= x_t, by L-BFGS on :func:`inner_objective`.
 
-    ``icnn`` exposes ``potential`` (an unwrapped :class:`dmf_ray.models.ICNN`); t is (N,) or (N, 1).
+    ``icnn`` exposes ``potential`` (an unwrapped :class:`dmf_ray.core.models.ICNN`); t is (N,) or (N, 1).
     The N problems are independent, so one L-BFGS run (strong-Wolfe line search, started at
     z = x_t, the exact answer for t = 0 or the identity map) minimises their sum. Only z is
     differentiated: parameter ``.grad`` fields are left untouched and the result is detached.

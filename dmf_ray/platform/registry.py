@@ -1,7 +1,7 @@
 """Logged generators and the ``champion`` alias in the MLflow model registry.
 
 * :func:`log_generator` logs a generator's safetensors weights as an MLflow pyfunc *from code*
-  (:mod:`dmf_ray.pyfunc_model`) to a run and returns ``models:/<model_id>``. Everything goes
+  (:mod:`dmf_ray.serving.pyfunc_model`) to a run and returns ``models:/<model_id>``. Everything goes
   through an explicit :class:`mlflow.MlflowClient`; no global tracking URI or active run is used,
   so it works inside a process that tracks to several stores.
 * :func:`register_if_champion` registers that model as a new version of a registered model and
@@ -22,7 +22,7 @@
 Dependencies of the logged model: ``pip_requirements`` lists torch, safetensors, numpy, pandas
 (pinned to the installed major.minor) -- passing them explicitly also skips MLflow's slow
 requirement inference. The loading environment must have ``dmf_ray`` installed (see
-:mod:`dmf_ray.pyfunc_model`); it is not shipped via ``code_paths``.
+:mod:`dmf_ray.serving.pyfunc_model`); it is not shipped via ``code_paths``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.types import Schema, TensorSpec
 
 from dmf_ray.errors import ConfigError, UserInputError
-from dmf_ray.models import load_generator
+from dmf_ray.core.models import load_generator
 
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_CODE = Path(__file__).resolve().parents[1] / "serving" / "pyfunc_model.py"
 MODEL_NAME = "generator"
 CHAMPION = "champion"
 _DATA_SHORT_NAMES = {"ffhq-alae": "ffhq", "ffhq_alae": "ffhq"}
@@ -94,7 +94,7 @@ def generator_signature(input_dim: int, dim: int) -> ModelSignature:
 def log_generator(
     client_or_uri: mlflow.MlflowClient | str, run_id: str, weights_path: str | Path, dim: int
 ) -> str:
-    """Log ``weights_path`` (a :func:`~dmf_ray.models.save_generator` file) to run ``run_id``.
+    """Log ``weights_path`` (a :func:`~dmf_ray.core.models.save_generator` file) to run ``run_id``.
 
     The model is a pyfunc from code named ``generator``, a LoggedModel in the run's experiment,
     recorded as an output of the run. ``dim`` must equal the generator's output dimension (a

@@ -10,9 +10,9 @@ Per step (DMF eq. 12 / appendix B):
     x = f_theta(source);  V = drift(sg(x), positives);  d = friction(V, gamma(i));
     loss = mean(((x - sg(x + d)) / s)^2)
 where s is the drift's coordinate scale (1 unless distance normalisation is on, as released).
-V comes from ``drift.family`` (:mod:`dmf_ray.families`); the ``sharp`` family instead trains its
+V comes from ``drift.family`` (:mod:`dmf_ray.core.families`); the ``sharp`` family instead trains its
 conservative potential directly, scaled by 1 - gamma(i). ``method: ofm`` swaps the whole step
-for :func:`ofm_step` (the objective of :mod:`dmf_ray.ofm`); the loop, evaluation and callbacks
+for :func:`ofm_step` (the objective of :mod:`dmf_ray.core.ofm`); the loop, evaluation and callbacks
 are shared.
 The loss value is kept on the device; the host reads it only at evaluation steps, and the
 training pools live on the device, so a step issues no host-device synchronisation.
@@ -29,15 +29,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dmf_ray import metrics, ofm
-from dmf_ray.config import OptimConfig, TrainConfig
+from dmf_ray.core import ofm
+from dmf_ray.eval import metrics
+from dmf_ray.trainer.config import OptimConfig, TrainConfig
 from dmf_ray.data.base import TranslationData, stream_generator
-from dmf_ray.drift import RowShard
+from dmf_ray.core.drift import RowShard
 from dmf_ray.errors import TrainingDiverged
-from dmf_ray.families import family_drift, sharp_potential
-from dmf_ray.image_metrics import build_image_scorer
-from dmf_ray.friction import VelocityBuffer, apply_friction, gamma
-from dmf_ray.models import GeneratorConfig, build_generator
+from dmf_ray.core.families import family_drift, sharp_potential
+from dmf_ray.eval.image_metrics import build_image_scorer
+from dmf_ray.core.friction import VelocityBuffer, apply_friction, gamma
+from dmf_ray.core.models import GeneratorConfig, build_generator
 
 _EVAL_BATCH = 8192
 _RANK_STREAM = 1000  # batch-sampling streams of ranks > 0, clear of the data streams
@@ -140,7 +141,7 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
         x_all, shard = gather(x_fixed)
         pos_all, _ = gather(pos)
     if cfg.drift.family == "sharp":
-        # A conservative potential trained by plain backprop (dmf_ray.families): first-order
+        # A conservative potential trained by plain backprop (dmf_ray.core.families): first-order
         # friction scales it by (1 - gamma); `drift` is the equivalent drift -s^2 grad L, for logs.
         sharp = sharp_potential(x, pos_all, cfg.drift, gen_all=x_all, shard=shard)
         drift = sharp.drift
@@ -160,7 +161,7 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
 
 
 def ofm_step(state: TrainState, cfg: TrainConfig, data: TranslationData, ofm_cfg: ofm.OFMConfig) -> StepStats:
-    """One OFM optimiser step on a fresh batch (:mod:`dmf_ray.ofm`); advances ``state`` like :func:`train_step`.
+    """One OFM optimiser step on a fresh batch (:mod:`dmf_ray.core.ofm`); advances ``state`` like :func:`train_step`.
 
     ``state`` comes from :func:`build_state` with ``cfg.model.kind == "icnn"``. The batch is
     ``cfg.batch_size`` source and as many target samples (``pos_batch_size`` does not apply: the

@@ -1,4 +1,4 @@
-"""The Ray Train data-parallel wrapper around :mod:`dmf_ray.engine`.
+"""The Ray Train data-parallel wrapper around :mod:`dmf_ray.trainer.engine`.
 
 Why a wrapper and not a second trainer: each TorchTrainer worker runs the very same
 ``engine.train`` loop. Two things change:
@@ -32,13 +32,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dmf_ray.checkpoint import restore_rank_state, restore_state, save_checkpoint, save_rank_state
-from dmf_ray.config import TrainConfig, train_config_from_dict
+from dmf_ray.trainer.checkpoint import restore_rank_state, restore_state, save_checkpoint, save_rank_state
+from dmf_ray.trainer.config import TrainConfig, train_config_from_dict
 from dmf_ray.data.base import load_dataset
-from dmf_ray.engine import TrainState, build_state, generator_config, train, unwrap_model
+from dmf_ray.trainer.engine import TrainState, build_state, generator_config, train, unwrap_model
 from dmf_ray.errors import TrainingDiverged
-from dmf_ray.metrics import METRIC_NAMES
-from dmf_ray.models import save_generator
+from dmf_ray.eval.metrics import METRIC_NAMES
+from dmf_ray.core.models import save_generator
 
 CHECKPOINT_FILE = "state.safetensors"
 GENERATOR_FILE = "generator.safetensors"

@@ -1,7 +1,7 @@
 """A DMF sweep: Optuna suggests, Tune schedules, each trial fits its own Ray Train run, MLflow records.
 
 Why this shape (REFERENCE 3, Ray 2.60 / Train V2): a Tune trial is a plain function that builds
-and fits a ``TorchTrainer`` over :func:`dmf_ray.distributed.worker_loop`; a ``TuneReportCallback``
+and fits a ``TorchTrainer`` over :func:`dmf_ray.platform.distributed.worker_loop`; a ``TuneReportCallback``
 forwards rank 0's reports (metrics plus the checkpoint path) so ASHA and Optuna see every
 evaluation. MLflow is written only on the driver by :class:`MLflowSweepCallback` -- one parent
 run per sweep, one nested run per trial, get-or-create by id so a resumed sweep adds no
@@ -31,14 +31,14 @@ from ray.train import CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from dmf_ray.config import TrainConfig, load_train_config
+from dmf_ray.trainer.config import TrainConfig, load_train_config
 from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
-from dmf_ray.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
-from dmf_ray.engine import translate
-from dmf_ray.models import load_generator
-from dmf_ray.registry import log_generator, register_if_champion
-from dmf_ray.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
-from dmf_ray.tracking import SweepTracker, figures_for_run
+from dmf_ray.platform.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
+from dmf_ray.trainer.engine import translate
+from dmf_ray.core.models import load_generator
+from dmf_ray.platform.registry import log_generator, register_if_champion
+from dmf_ray.platform.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
+from dmf_ray.platform.tracking import SweepTracker, figures_for_run
 
 # Each ray.train.report costs ~2 s at Train's default controller poll interval (REFERENCE 3).
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}

@@ -1,0 +1,341 @@
+"""One-step generators and their pickle-free checkpoint format.
+
+Three generators cover the project's uses:
+
+* ``residual`` -- latent translation, f(x) = x + g(x). The last layer of g is zero-initialised,
+  so training starts from the identity map exactly: before any step the "translation" already
+  preserves identity, and the drift only has to learn the change (adult -> child, source ->
+  target Gaussian).
+* ``noise`` -- an unconditional toy generator that maps noise (B, noise_dim) to samples (B, dim).
+* ``icnn`` -- the Optimal Flow Matching baseline's map x -> grad Psi(x) with Psi an input-convex
+  network (:class:`ICNN`); a gradient of a convex function is exactly the form every quadratic-cost
+  OT map takes (Brenier), so OFM (``dmf_ray.core.ofm``) searches only among such maps.
+
+Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone rebuilds
+its model and loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from dmf_ray.errors import ConfigError, DataError
+
+GeneratorKind = Literal["residual", "noise", "icnn"]
+Activation = Literal["silu", "gelu", "relu", "tanh"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+}
+
+CONFIG_METADATA_KEY = "dmf_ray.generator_config"
+VERSION_METADATA_KEY = "dmf_ray.format_version"
+FORMAT_VERSION = "1"
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    # bool is a subclass of int; `depth=True` is a typo, not a depth of 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"model.{name}", f"must be an integer, got {value!r}")
+    if value < 1:
+        raise ConfigError(f"model.{name}", f"must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of a generator; everything needed to rebuild it from a checkpoint.
+
+    ``dim`` is the data dimension (the output; for ``residual`` and ``icnn`` also the input).
+    ``noise_dim`` is the input dimension of a ``noise`` generator (None: same as ``dim``);
+    ``residual`` and ``icnn`` generators map their output space to itself, so there it must be
+    None or ``dim``. ``depth`` counts hidden layers of width ``width``.
+    ``icnn`` always uses CELU (convexity needs a convex, non-decreasing activation, which rules
+    out silu/gelu/tanh; CELU rather than ReLU because it is smooth, so grad Psi is continuous and
+    has the Hessian OFM's loss uses), so ``activation`` does not apply to it; it has no LayerNorm
+    (normalisation does not preserve convexity), so ``layer_norm`` must stay false.
+    """
+
+    kind: GeneratorKind = "residual"
+    dim: int = 2
+    noise_dim: int | None = None
+    width: int = 256
+    depth: int = 3
+    activation: Activation = "silu"
+    layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in GENERATORS:
+            raise ConfigError("model.kind", f"must be one of {sorted(GENERATORS)}, got {self.kind!r}")
+        _check_positive_int("dim", self.dim)
+        if self.noise_dim is not None:
+            _check_positive_int("noise_dim", self.noise_dim)
+            if self.kind in ("residual", "icnn") and self.noise_dim != self.dim:
+                raise ConfigError(
+                    "model.noise_dim",
+                    f"a {self.kind} generator maps dim -> dim; leave it None or set it to dim={self.dim},"
+                    f" got {self.noise_dim}",
+                )
+        _check_positive_int("width", self.width)
+        _check_positive_int("depth", self.depth)
+        if not isinstance(self.activation, str) or self.activation not in _ACTIVATIONS:
+            raise ConfigError(
+                "model.activation", f"must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if not isinstance(self.layer_norm, bool):
+            raise ConfigError("model.layer_norm", f"must be true or false, got {self.layer_norm!r}")
+        if self.kind == "icnn" and self.layer_norm:
+            raise ConfigError("model.layer_norm", "an icnn generator has no LayerNorm (it would break convexity)")
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the generator's input: ``dim`` for residual/icnn, ``noise_dim or dim`` for noise."""
+        return self.dim if self.noise_dim is None else self.noise_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (the inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
+        """Build from a mapping (YAML/JSON section); unknown keys are errors, not silently ignored."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("model", f"must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model.{unknown[0]}", f"unknown field (known: {sorted(known)})")
+        return cls(**data)
+
+
+def _mlp(in_dim: int, out_dim: int, cfg: GeneratorConfig) -> nn.Sequential:
+    """Linear -> [LayerNorm] -> act, ``cfg.depth`` times, then a Linear to ``out_dim``."""
+    layers: list[nn.Module] = []
+    width_in = in_dim
+    for _ in range(cfg.depth):
+        layers.append(nn.Linear(width_in, cfg.width))
+        if cfg.layer_norm:
+            layers.append(nn.LayerNorm(cfg.width))
+        layers.append(_ACTIVATIONS[cfg.activation]())
+        width_in = cfg.width
+    layers.append(nn.Linear(width_in, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ResidualMLP(nn.Module):
+    """Translation generator f(x) = x + g(x): (B, dim) -> (B, dim), the identity at initialisation.
+
+    g's last Linear has zero weight and bias, so g(x) == 0 and f(x) == x bit for bit before the
+    first step; gradients still reach every layer through that zero layer's weight.
+    """
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = _mlp(cfg.dim, cfg.dim, cfg)
+        last = self.net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class NoiseMLP(nn.Module):
+    """Unconditional generator: noise (B, noise_dim) -> samples (B, dim), PyTorch default init."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = _mlp(cfg.input_dim, cfg.dim, cfg)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def _softplus_inverse(y: float) -> float:
+    """The raw value whose softplus is ``y`` (> 0): log(exp(y) - 1)."""
+    return math.log(math.expm1(y))
+
+
+class ICNN(nn.Module):
+    """Dense input-convex network Psi: R^d -> R; the generator is its gradient map x -> grad Psi(x).
+
+    Why this form: OFM (Kornilov et al. 2024) restricts the flow to straight lines
+    z -> (1 - t) z + t grad Psi(z) with Psi convex, whose end map grad Psi is an OT map for the
+    quadratic cost. The architecture follows the dense ICNN with convex quadratic skips that the
+    OFM/ALAE experiments use (Korotin et al. 2021), for ``depth`` = K hidden layers of ``width`` = w:
+
+        z_1     = celu(L_1 x + b_1 + (A_1 x)^2)                          (w,)
+        z_{k+1} = celu(softplus(V_k) z_k + L_{k+1} x + b_{k+1} + (A_{k+1} x)^2)
+        Psi(x)  = softplus(v) . z_K + 1/2 ||B x||^2 + c . x + ALPHA/2 ||x||^2
+
+    (A_k x)^2 is elementwise (one rank-1 convex quadratic per unit), L_k, A_k, b_k, B, c are
+    unconstrained. Convexity holds for *every* parameter value: CELU is convex and non-decreasing,
+    the z-path weights are non-negative through a softplus reparametrisation (chosen over the
+    paper code's clamp-after-each-step so that no training loop -- OFM or DMF -- can forget the
+    projection and silently leave the convex cone), and the rest are convex quadratics and
+    affine terms. ALPHA/2 ||x||^2 makes Psi ALPHA-strongly convex, so the OFM inner problem
+    stays strongly convex even at t = 1 and the map is invertible.
+
+    Initialisation: B = sqrt(1 - ALPHA) I, c = 0, and a z-path of small non-negative weights, so
+    Psi(x) ~ ||x||^2 / 2 and the map starts close to (not exactly at) the identity. The affine
+    part grad(1/2 ||B x||^2 + c . x) = B^T B x + c can represent any PSD-linear map exactly --
+    the Gaussian-to-Gaussian OT maps.
+    """
+
+    ALPHA = 1e-2  # strong-convexity floor of Psi (the map's Jacobian is >= ALPHA * I)
+    OUT_SCALE = 0.1  # sum of the initial output weights softplus(v): the z-path's share at init
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, w, k = cfg.dim, cfg.width, cfg.depth
+        self.skip_linear = nn.ModuleList(nn.Linear(d, w) for _ in range(k))
+        self.skip_quadratic = nn.ParameterList(nn.Parameter(torch.empty(w, d)) for _ in range(k))
+        self.z_weight = nn.ParameterList(nn.Parameter(torch.empty(w, w)) for _ in range(k - 1))
+        self.out_weight = nn.Parameter(torch.empty(w))
+        self.out_quadratic = nn.Parameter(torch.empty(d, d))
+        self.out_linear = nn.Parameter(torch.empty(d))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        d, w = self.cfg.dim, self.cfg.width
+        for a in self.skip_quadratic:
+            # (a . x)^2 is O(1) for inputs of unit scale per coordinate.
+            nn.init.normal_(a, std=1.0 / math.sqrt(d))
+        for v in self.z_weight:
+            # softplus(v) ~ 1/w: each z-layer averages the previous one, keeping its scale.
+            nn.init.uniform_(v, _softplus_inverse(0.5 / w), _softplus_inverse(1.5 / w))
+        nn.init.constant_(self.out_weight, _softplus_inverse(self.OUT_SCALE / w))
+        with torch.no_grad():
+            self.out_quadratic.copy_(torch.eye(d) * math.sqrt(1.0 - self.ALPHA))
+        nn.init.zeros_(self.out_linear)
+
+    def potential(self, x: Tensor) -> Tensor:
+        """Psi(x) for x (N, dim) -> (N,); convex in x for any parameter values."""
+        z: Tensor | None = None
+        for k, (linear, quad) in enumerate(zip(self.skip_linear, self.skip_quadratic)):
+            pre = linear(x) + (x @ quad.T).square()  # (N, w)
+            if z is not None:
+                pre = pre + z @ F.softplus(self.z_weight[k - 1]).T
+            z = F.celu(pre)
+        assert z is not None  # depth >= 1 is validated by GeneratorConfig
+        psi = z @ F.softplus(self.out_weight)  # (N,)
+        psi = psi + 0.5 * (x @ self.out_quadratic.T).square().sum(dim=1) + x @ self.out_linear
+        return psi + 0.5 * self.ALPHA * x.square().sum(dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The map grad_x Psi(x): (N, dim) -> (N, dim).
+
+        The gradient is taken with autograd even when the caller runs under ``torch.no_grad()``
+        or ``torch.inference_mode()`` (``translate``, the pyfunc): both are lifted locally.
+        ``create_graph`` follows the caller's grad mode -- with autograd on (training, or a
+        Jacobian check in eval mode) the result is differentiable in x and the parameters, as any
+        module's output; under no_grad/inference it is a plain tensor and no graph is kept.
+        """
+        differentiable = torch.is_grad_enabled()
+        with torch.inference_mode(False), torch.enable_grad():
+            # An inference-mode tensor cannot enter autograd; a clone made here can.
+            x_in = x.clone() if x.is_inference() else x
+            if not x_in.requires_grad:
+                x_in = x_in.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.potential(x_in).sum(), x_in, create_graph=differentiable)
+        return grad
+
+
+GENERATORS: dict[str, Callable[[GeneratorConfig], nn.Module]] = {
+    "residual": ResidualMLP,
+    "noise": NoiseMLP,
+    "icnn": ICNN,
+}
+
+
+def build_generator(cfg: GeneratorConfig) -> nn.Module:
+    """Instantiate the generator named by ``cfg.kind``."""
+    return GENERATORS[cfg.kind](cfg)
+
+
+def save_generator(model: nn.Module, cfg: GeneratorConfig, path: str | os.PathLike[str]) -> None:
+    """Write ``model``'s weights and ``cfg`` to one safetensors file, atomically.
+
+    The weights must be exactly those of ``build_generator(cfg)`` (same names and shapes); a
+    mismatch -- a wrapped model (DDP, torch.compile) or the wrong config -- fails here rather
+    than when someone tries to load the file. The file is written next to ``path`` and moved in
+    with ``os.replace``, so a crash never leaves a half-written checkpoint under ``path``.
+    """
+    path = Path(path)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    with torch.device("meta"):
+        reference = build_generator(cfg)
+    expected = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in tensors.items()}
+    if got != expected:
+        raise ValueError(
+            f"model weights do not match a {cfg.kind!r} generator built from cfg: "
+            f"expected {expected}, got {got}"
+        )
+    metadata = {
+        CONFIG_METADATA_KEY: json.dumps(cfg.to_dict(), sort_keys=True),
+        VERSION_METADATA_KEY: FORMAT_VERSION,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_generator(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, GeneratorConfig]:
+    """Rebuild a generator written by :func:`save_generator`; weights are loaded strictly.
+
+    Any problem with the file (missing, truncated, not safetensors, not a dmf_ray generator,
+    config or weights inconsistent) raises :class:`DataError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise DataError(path, f"not a readable safetensors file ({exc})") from exc
+
+    version = metadata.get(VERSION_METADATA_KEY)
+    if CONFIG_METADATA_KEY not in metadata or version is None:
+        raise DataError(path, f"no {CONFIG_METADATA_KEY!r} metadata; not a dmf_ray generator file")
+    if version != FORMAT_VERSION:
+        raise DataError(path, f"unsupported generator format version {version!r} (expected {FORMAT_VERSION})")
+    try:
+        cfg = GeneratorConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise DataError(path, f"invalid generator config in metadata ({exc})") from exc
+
+    model = build_generator(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise DataError(path, f"weights do not match the stored config ({exc})") from exc
+    return model.to(device), cfg

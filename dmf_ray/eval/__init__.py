@@ -1,0 +1,1 @@
+"""Scores of generated samples: latent-space metrics and image-space CMMD / FID."""

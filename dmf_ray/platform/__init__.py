@@ -1,0 +1,1 @@
+"""Many runs: search spaces, Ray Train workers, Tune sweeps, MLflow tracking and the registry."""

@@ -1,0 +1,1 @@
+"""Loading a trained or registered generator and mapping latents with it."""

@@ -1,0 +1,1 @@
+"""One training run: the typed config, the step and loop, checkpoints and plots."""
