@@ -3,7 +3,7 @@
 Three implementations: "ours" (``compute_drift``, reference preset, defaults: on CPU the
 affinities at the released floor are a rank-one term and only the entries above it go through
 a sparse product), "dense" (the same with ``sparse_max_density=0``: every product dense, the
-path CUDA runs) and "naive" (dmf_ray.drift_naive, the released algorithm transcribed densely).
+path CUDA runs) and "naive" (dmf_ray.core.drift_naive, the released algorithm transcribed densely).
 Their times come from one subprocess, rounds interleaved, so the ratios are robust to machine
 noise; peak resident memory (ru_maxrss) comes from a fresh subprocess per implementation, as
 peak minus the resident size just before the call. Throughput counts the FLOPs of the
@@ -72,8 +72,8 @@ def _inputs(b: int, m: int, d: int):
 
 
 def _impls(gen, pos, temps: tuple[float, ...], chunk: int | None) -> dict:
-    from dmf_ray.drift import compute_drift
-    from dmf_ray.drift_naive import naive_reference_drift
+    from dmf_ray.core.drift import compute_drift
+    from dmf_ray.core.drift_naive import naive_reference_drift
 
     return {
         "ours": lambda: compute_drift(gen, pos, preset="reference", temperatures=temps, chunk_size=chunk),
@@ -109,7 +109,7 @@ def race(b: int, m: int, d: int, n_temps: int) -> dict:
     above the released floor per temperature -- the data property the sparse path exploits."""
     import torch
 
-    from dmf_ray.drift import PRESETS
+    from dmf_ray.core.drift import PRESETS
 
     gen, pos = _inputs(b, m, d)
     temps = TEMPS[:n_temps]

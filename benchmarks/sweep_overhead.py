@@ -27,13 +27,13 @@ import ray.train
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from dmf_ray.config import load_train_config
-from dmf_ray.data.base import load_dataset
-from dmf_ray.distributed import worker_loop
-from dmf_ray.engine import train
-from dmf_ray.search_space import search_space_from_dict
-from dmf_ray.sweep import RAY_ENV, SweepPlan, build_tuner
-from dmf_ray.tracking import tracking_uri_for
+from dmf_ray.trainer.config import load_train_config
+from dmf_ray.data import load_dataset
+from dmf_ray.platform.distributed import worker_loop
+from dmf_ray.trainer.engine import train
+from dmf_ray.platform.search_space import search_space_from_dict
+from dmf_ray.platform.sweep import RAY_ENV, SweepPlan, build_tuner
+from dmf_ray.platform.tracking import tracking_uri_for
 
 CPUS = os.cpu_count() or 2
 
@@ -83,7 +83,7 @@ def main() -> None:
     cfg = load_train_config(None, over)
     data = load_dataset(cfg.data)
     start = time.perf_counter()
-    train(cfg, data, progress=False)
+    train(cfg, data)
     plain = time.perf_counter() - start
     train1 = fit_seconds(over, 1, storage)
     tuned = tune_seconds(over, storage)

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from dmf_ray.config import load_train_config
-from dmf_ray.data.base import load_dataset
-from dmf_ray.engine import build_state, evaluate, train_step
+from dmf_ray.trainer.config import load_train_config
+from dmf_ray.data import load_dataset
+from dmf_ray.trainer.engine import build_state, evaluate, train_step
 
 
 def time_to_threshold(overrides: dict, threshold: float) -> tuple[int | None, float | None, float, float]:

@@ -36,9 +36,9 @@ def steps_per_second(name: str, steps: int, device: str, warmup: int = 5,
                      overrides: dict[str, object] | None = None) -> float:
     """Steps/s of ``engine.train_step`` for one config after ``warmup`` steps; ``overrides``
     (dotted keys) are applied on top of the named config."""
-    from dmf_ray.config import load_train_config
+    from dmf_ray.trainer.config import load_train_config
     from dmf_ray.data import load_dataset
-    from dmf_ray.engine import build_state, train_step
+    from dmf_ray.trainer.engine import build_state, train_step
 
     cfg = load_train_config(None, {"steps": steps + warmup, "data.n_train": 20_000, "data.n_test": 1000,
                                    "device": device, **CONFIGS[name], **(overrides or {})})

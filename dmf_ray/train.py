@@ -27,13 +27,14 @@ import yaml
 
 from dmf_ray.trainer.checkpoint import checkpoint_config, checkpoint_name, latest_checkpoint, restore_state, save_checkpoint
 from dmf_ray.trainer.config import TrainConfig, load_train_config
-from dmf_ray.data.base import TranslationData, load_dataset
-from dmf_ray.trainer.engine import TrainState, build_state, generator_config, train, translate
+from dmf_ray.data import TranslationData, load_dataset
+from dmf_ray.trainer.engine import TrainState, build_state, generator_config, translate
+from dmf_ray.trainer.run import run_training
 from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
 from dmf_ray.errors import DataError, UserInputError
-from dmf_ray.core.friction import plot_schedule
+
 from dmf_ray.core.models import save_generator
-from dmf_ray.trainer.plots import plot_curves, plot_samples
+from dmf_ray.trainer.plots import plot_curves, plot_samples, plot_schedule
 
 # flag -> dotted config key; values are parsed as YAML scalars/lists ("[0.05, 0.2]", "true").
 FLAG_KEYS: dict[str, str] = {
@@ -178,7 +179,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, float]:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     writer = RunWriter(out_dir, cfg, data)
     writer.start()
-    state = train(cfg, data, state, on_eval=writer.on_eval, progress=not args.no_progress)
+    state = run_training(cfg, data, state, on_eval=writer.on_eval, progress=not args.no_progress)
     return writer.finish(state)
 
 

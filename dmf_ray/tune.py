@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dmf_ray.trainer.config import load_train_config
-from dmf_ray.data.base import load_dataset
+from dmf_ray.data import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, DataError, UserInputError
 from dmf_ray.platform.registry import default_model_name

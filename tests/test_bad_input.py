@@ -135,7 +135,7 @@ def tune(space: str = SPACE, *extra: str) -> Callable[[Path], list[str]]:
 
 
 def _model(tmp: Path, dim: int = 4) -> Path:
-    from dmf_ray.models import GeneratorConfig, build_generator, save_generator
+    from dmf_ray.core.models import GeneratorConfig, build_generator, save_generator
 
     cfg = GeneratorConfig(kind="residual", dim=dim, width=8, depth=1)
     path = tmp / "model" / "generator.safetensors"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmf_ray.data import DATASET_NAMES, DIRECTIONS, DataConfig, TranslationData, builders, load_dataset
+from dmf_ray.data import BUILDERS, DATASET_NAMES, DIRECTIONS, DataConfig, TranslationData, load_dataset
 from dmf_ray.data import ffhq_alae, gaussian_ot, synthetic, toy
 from dmf_ray.errors import ConfigError, DataError
 
@@ -33,7 +33,7 @@ def small(name: str, **overrides: object) -> DataConfig:
 
 
 def test_registry_covers_every_dataset_name() -> None:
-    assert set(builders()) == set(DATASET_NAMES)
+    assert set(BUILDERS) == set(DATASET_NAMES)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ import ray.train.torch  # noqa: E402
 from ray.train import ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
-from dmf_ray.checkpoint import read_checkpoint  # noqa: E402
-from dmf_ray.config import load_train_config  # noqa: E402
-from dmf_ray.data.base import load_dataset  # noqa: E402
-from dmf_ray.distributed import CHECKPOINT_FILE, GENERATOR_FILE, all_gather_rows, worker_loop  # noqa: E402
-from dmf_ray.drift import drift_field  # noqa: E402
-from dmf_ray.engine import build_state, train_step  # noqa: E402
+from dmf_ray.trainer.checkpoint import read_checkpoint  # noqa: E402
+from dmf_ray.trainer.config import load_train_config  # noqa: E402
+from dmf_ray.data import load_dataset  # noqa: E402
+from dmf_ray.platform.distributed import CHECKPOINT_FILE, GENERATOR_FILE, all_gather_rows, worker_loop  # noqa: E402
+from dmf_ray.core.drift import drift_field  # noqa: E402
+from dmf_ray.trainer.engine import build_state, train_step  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

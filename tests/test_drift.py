@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dmf_ray.drift import DriftConfig, compute_drift, drift_field, make_drift_config
-from dmf_ray.drift_naive import naive_reference_drift
+from dmf_ray.core.drift import DriftConfig, compute_drift, drift_field, make_drift_config
+from dmf_ray.core.drift_naive import naive_reference_drift
 from dmf_ray.errors import ConfigError
 
 NORMALIZATIONS = ("row", "bidirectional", "sharp")
@@ -277,7 +277,7 @@ def test_matmul_precision_is_validated() -> None:
 @pytest.fixture
 def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Record, per chunk, whether the sparse floor path produced the forces (True) or declined."""
-    import dmf_ray.drift as drift_module
+    import dmf_ray.core.drift as drift_module
 
     calls: list[bool] = []
     real = drift_module._sparse_floor_forces

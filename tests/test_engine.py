@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmf_ray.checkpoint import restore_state, save_checkpoint
-from dmf_ray.config import load_train_config
-from dmf_ray.data.base import load_dataset
-from dmf_ray.engine import build_state, evaluate, train, train_step
+from dmf_ray.trainer.checkpoint import restore_state, save_checkpoint
+from dmf_ray.trainer.config import load_train_config
+from dmf_ray.data import load_dataset
+from dmf_ray.trainer.engine import build_state, evaluate, train, train_step
 from dmf_ray.errors import TrainingDiverged
 
 
@@ -23,7 +23,7 @@ def test_short_toy_run_improves_fd_tenfold() -> None:
     data = load_dataset(cfg.data)
     state = build_state(cfg, data)
     fd_untrained = evaluate(state.model, data, cfg)["fd"]
-    state = train(cfg, data, state, progress=False)
+    state = train(cfg, data, state)
     fd_trained = state.history[-1]["fd"]
     assert fd_trained * 10 <= fd_untrained, (fd_untrained, fd_trained)
 
@@ -31,10 +31,10 @@ def test_short_toy_run_improves_fd_tenfold() -> None:
 def test_same_seed_gives_identical_weights(tiny_overrides) -> None:
     cfg = load_train_config(None, tiny_overrides)
     data = load_dataset(cfg.data)
-    a = train(cfg, data, progress=False)
-    b = train(cfg, data, progress=False)
+    a = train(cfg, data)
+    b = train(cfg, data)
     assert all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b)))
-    c = train(load_train_config(None, {**tiny_overrides, "seed": 1}), data, progress=False)
+    c = train(load_train_config(None, {**tiny_overrides, "seed": 1}), data)
     assert not all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(c)))
 
 
@@ -43,7 +43,7 @@ def test_resume_from_checkpoint_is_bit_identical(tiny_overrides, tmp_path, order
     cfg = load_train_config(None, {**tiny_overrides, "friction.order": order, "optim.lr_schedule": "cosine",
                                    "optim.warmup_steps": 3})
     data = load_dataset(cfg.data)
-    straight = train(cfg, data, progress=False)
+    straight = train(cfg, data)
 
     half = build_state(cfg, data)
     for _ in range(10):
@@ -51,7 +51,7 @@ def test_resume_from_checkpoint_is_bit_identical(tiny_overrides, tmp_path, order
     save_checkpoint(tmp_path / "ckpt.safetensors", half, cfg)
     resumed = restore_state(build_state(cfg, data), tmp_path / "ckpt.safetensors")
     assert resumed.step == 10
-    resumed = train(cfg, data, resumed, progress=False)
+    resumed = train(cfg, data, resumed)
     assert all(torch.equal(x, y) for x, y in zip(_weights(straight), _weights(resumed)))
     if order != "first":
         assert torch.equal(straight.velocity.velocity, resumed.velocity.velocity)
@@ -64,19 +64,19 @@ def test_non_finite_weights_end_training_with_a_reason(tiny_overrides) -> None:
     with torch.no_grad():
         next(state.model.parameters()).fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="step|non-finite"):
-        train(cfg, data, state, progress=False)
+        train(cfg, data, state)
 
 
 def test_eval_callback_sees_every_evaluation(tiny_overrides) -> None:
     cfg = load_train_config(None, tiny_overrides)
     seen = []
-    train(cfg, load_dataset(cfg.data), on_eval=lambda s, rec: seen.append((s.step, rec["fd"])), progress=False)
+    train(cfg, load_dataset(cfg.data), on_eval=lambda s, rec: seen.append((s.step, rec["fd"])))
     assert [s for s, _ in seen] == [10, 20]
     assert all(fd >= 0 for _, fd in seen)
 
 
 def test_gaussian_ot_run_reports_l2_uvp(tiny_overrides) -> None:
     cfg = load_train_config(None, {**tiny_overrides, "data.name": "gaussian-ot", "data.dim": 8, "model.kind": "residual"})
-    state = train(cfg, load_dataset(cfg.data), progress=False)
+    state = train(cfg, load_dataset(cfg.data))
     assert state.history[-1]["l2_uvp"] >= 0
     assert state.history[-1]["transport_cost"] > 0

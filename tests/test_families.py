@@ -1,4 +1,4 @@
-"""Drift families (dmf_ray.families): each one's defining identity, config checks, short runs."""
+"""Drift families (dmf_ray.core.families): each one's defining identity, config checks, short runs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from dmf_ray.config import load_train_config
-from dmf_ray.data.base import load_dataset
-from dmf_ray.drift import FAMILIES, drift_field, make_drift_config
-from dmf_ray.engine import build_state, train, train_step
+from dmf_ray.trainer.config import load_train_config
+from dmf_ray.data import load_dataset
+from dmf_ray.core.drift import FAMILIES, drift_field, make_drift_config
+from dmf_ray.trainer.engine import build_state, train, train_step
 from dmf_ray.errors import ConfigError
-from dmf_ray.families import (
+from dmf_ray.core.families import (
     barycentric_projection,
     check_family_compatible,
     family_drift,
@@ -348,7 +348,7 @@ def test_short_training_run_per_family_is_finite(tiny_overrides, family: str) ->
     state = build_state(cfg, data)
     stats = train_step(state, cfg, data)
     assert torch.isfinite(stats.loss) and torch.isfinite(stats.drift).all() and stats.drift_rms > 0
-    state = train(cfg, data, state, progress=False)
+    state = train(cfg, data, state)
     record = state.history[-1]
     assert state.step == 30
     assert all(math.isfinite(record[k]) for k in ("loss", "drift_rms", "fd")), record

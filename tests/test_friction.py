@@ -1,4 +1,4 @@
-"""Tests for dmf_ray.friction: schedule end points (Proposition 1), orders (eq. 12, 21, rem. 8)."""
+"""Tests for dmf_ray.core.friction: schedule end points (Proposition 1), orders (eq. 12, 21, rem. 8)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dmf_ray.errors import ConfigError
-from dmf_ray.friction import (
+from dmf_ray.core.friction import (
     SCHEDULES,
     FrictionConfig,
     VelocityBuffer,
     apply_friction,
     gamma,
-    plot_schedule,
     schedule_values,
 )
 
@@ -218,10 +217,3 @@ def test_velocity_buffer_state_dict_round_trip(tmp_path):
     state = buffer.state_dict()
     buffer.step(torch.tensor([1]), torch.ones(1, 3), 0.0, "second")
     assert torch.all(state["velocity"][1] == 0)
-
-
-def test_plot_schedule_writes_png(tmp_path):
-    cfg = FrictionConfig(schedule="sigmoid", midpoint=0.3)
-    path = plot_schedule(cfg, 50, tmp_path / "sub" / "gamma.png")
-    assert path.exists()
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dmf_ray.config import load_train_config
+from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
-from dmf_ray.engine import build_state, train, train_step
+from dmf_ray.trainer.engine import build_state, train, train_step
 
 _SCALAR_READS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select", "aten::equal"}
 _MASK_INDEXING = {"aten::index", "aten::index_put", "aten::index_put_"}  # schema names, any overload
@@ -99,14 +99,14 @@ def test_recorder_catches_item_and_boolean_masks() -> None:
 
 def test_loop_reads_the_device_only_at_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Over a whole run the loop reads the device twice per evaluation (loss, drift RMS), never per step."""
-    import dmf_ray.engine as engine
+    import dmf_ray.trainer.engine as engine
 
     monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: {"fd": 1.0})  # scoring may sync
     cfg = load_train_config(None, {"steps": 12, "eval_every": 6, "batch_size": 64, "data.n_train": 400,
                                    "data.n_test": 100})
     data = load_dataset(cfg.data)
     with SyncRecorder() as recorder:
-        state = train(cfg, data, progress=False)
+        state = train(cfg, data)
     assert state.step == 12 and len(state.history) == 2
     assert len(recorder.syncs) == 4, recorder.syncs
     assert all("engine.py" in s and "_local_scalar_dense" in s for s in recorder.syncs)

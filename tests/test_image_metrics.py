@@ -22,7 +22,7 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.image_metrics import (
+from dmf_ray.eval.image_metrics import (
     INCEPTION_FILENAME,
     ClipEmbedder,
     cmmd,
@@ -365,8 +365,8 @@ def test_image_scores_end_to_end(embedder: ClipEmbedder, extractor: nn.Module) -
 def test_image_scorer_decodes_the_target_once_and_scores_like_image_scores(tiny_clip: dict, monkeypatch) -> None:
     import decoders_for_tests
 
-    from dmf_ray.config import EvalConfig
-    from dmf_ray.image_metrics import build_image_scorer
+    from dmf_ray.trainer.config import EvalConfig
+    from dmf_ray.eval.image_metrics import build_image_scorer
 
     decoded: list[int] = []
     original = decoders_for_tests.latents_to_images
@@ -385,9 +385,9 @@ def test_image_scorer_decodes_the_target_once_and_scores_like_image_scores(tiny_
 
 def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: dict) -> None:
     """The trainer's evaluation decodes mapped and target latents and logs CMMD next to latent FD."""
-    from dmf_ray.config import load_train_config
+    from dmf_ray.trainer.config import load_train_config
     from dmf_ray.data import load_dataset
-    from dmf_ray.engine import train
+    from dmf_ray.trainer.run import run_training as train
 
     cfg = load_train_config(None, {
         "data.name": "gaussian-ot", "data.dim": 4, "data.n_train": 300, "data.n_test": 64, "model.kind": "residual",
@@ -401,7 +401,7 @@ def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: d
 
 
 def test_eval_section_is_validated_at_the_edge(tmp_path: Path) -> None:
-    from dmf_ray.config import load_train_config
+    from dmf_ray.trainer.config import load_train_config
 
     with pytest.raises(ConfigError, match="eval.decoder: needs eval.clip_weights"):
         load_train_config(None, {"eval.decoder": DECODER})
@@ -411,7 +411,7 @@ def test_eval_section_is_validated_at_the_edge(tmp_path: Path) -> None:
     cfg = load_train_config(None, {"eval.decoder": DECODER, "eval.clip_model": TINY_CLIP,
                                    "eval.clip_weights": str(missing), "steps": 2, "eval_every": 1})
     from dmf_ray.data import load_dataset
-    from dmf_ray.engine import train
+    from dmf_ray.trainer.run import run_training as train
 
     with pytest.raises(DataError, match="nope.safetensors"):
         train(cfg, load_dataset(cfg.data), progress=False)

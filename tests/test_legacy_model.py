@@ -1,7 +1,7 @@
 """A generator logged by the pre-restructuring layout (dmf_ray 0.1, flat modules) still loads.
 
 The fixture folder was written by ``mlflow.pyfunc.save_model`` with that layout's
-``pyfunc_model.py``, which imports ``dmf_ray.inference`` and ``dmf_ray.models``; those import
+``pyfunc_model.py``, which imports ``dmf_ray.serving.inference`` and ``dmf_ray.core.models``; those import
 paths must keep working for every model already in a registry.
 """
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmf_ray.metrics import (
+from dmf_ray.eval.metrics import (
     evaluate_translation,
     frechet_distance,
     frechet_distance_from_moments,

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.models import (
+from dmf_ray.core.models import (
     CONFIG_METADATA_KEY,
     GeneratorConfig,
     NoiseMLP,

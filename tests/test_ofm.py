@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from dmf_ray import engine, metrics
-from dmf_ray.config import OptimConfig, TrainConfig
-from dmf_ray.data.base import DataConfig, load_dataset
+from dmf_ray.eval import metrics
+from dmf_ray.trainer import engine
+from dmf_ray.trainer.config import OptimConfig, TrainConfig
+from dmf_ray.data import DataConfig, load_dataset
 from dmf_ray.errors import ConfigError
-from dmf_ray.inference import run_generator
-from dmf_ray.models import ICNN, GeneratorConfig, build_generator, load_generator, save_generator
-from dmf_ray.ofm import (
+from dmf_ray.serving.inference import run_generator
+from dmf_ray.core.models import ICNN, GeneratorConfig, build_generator, load_generator, save_generator
+from dmf_ray.core.ofm import (
     OFMConfig,
     flow_jacobian_solve,
     invert_map,
@@ -302,7 +303,7 @@ def test_ofm_learns_the_gaussian_ot_map() -> None:
 
 
 def test_method_ofm_needs_an_icnn_and_is_validated_at_the_edge() -> None:
-    from dmf_ray.config import load_train_config
+    from dmf_ray.trainer.config import load_train_config
 
     with pytest.raises(ConfigError, match=r"^model\.kind: must be 'icnn' with method 'ofm'"):
         load_train_config(None, {"method": "ofm", "model.kind": "residual", "data.name": "gaussian-ot"})
@@ -319,7 +320,7 @@ def test_ofm_through_the_trainer_cli_registry_and_inference(tmp_path) -> None:
     import mlflow
 
     import dmf_ray
-    from dmf_ray.registry import log_generator, register_if_champion
+    from dmf_ray.platform.registry import log_generator, register_if_champion
     from dmf_ray.train import main
 
     out = tmp_path / "run"

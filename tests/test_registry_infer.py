@@ -16,9 +16,9 @@ import yaml
 import dmf_ray
 from dmf_ray.errors import UserInputError
 from dmf_ray.infer import main as infer_main
-from dmf_ray.models import GeneratorConfig, build_generator, save_generator
-from dmf_ray.registry import default_model_name, log_generator, register_if_champion
-from dmf_ray.tracking import SweepTracker, tracking_uri_for
+from dmf_ray.core.models import GeneratorConfig, build_generator, save_generator
+from dmf_ray.platform.registry import default_model_name, log_generator, register_if_champion
+from dmf_ray.platform.tracking import SweepTracker, tracking_uri_for
 
 DIM = 6
 NAME = "dmf-test-gen"

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import optuna
 import pytest
 
-from dmf_ray.config import load_train_config
+from dmf_ray.trainer.config import load_train_config
 from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.search_space import (
+from dmf_ray.platform.search_space import (
     SearchSpec,
     decode_choice,
     define_by_run,

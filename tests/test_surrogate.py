@@ -16,7 +16,7 @@ from dmf_ray.experiments.surrogate import (
     margin,
     surrogate_map,
 )
-from dmf_ray.friction import FrictionConfig, schedule_values
+from dmf_ray.core.friction import FrictionConfig, schedule_values
 
 TAUS = (0.05, 0.5, 1.0, 3.0)
 SLOPE_AT_A_STAR = 1.0 - math.log(2.0) / 2.0

@@ -19,7 +19,7 @@ pytest.importorskip("ray")
 import mlflow  # noqa: E402
 
 from dmf_ray.infer import main as infer_main  # noqa: E402
-from dmf_ray.inference import load_model  # noqa: E402
+from dmf_ray.serving.inference import load_model  # noqa: E402
 from dmf_ray.tune import main as tune_main  # noqa: E402
 from dmf_ray.tune import run as tune_run  # noqa: E402
 

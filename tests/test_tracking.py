@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from dmf_ray.errors import ConfigError, UserInputError
-from dmf_ray.friction import FrictionConfig
-from dmf_ray.tracking import (
+from dmf_ray.core.friction import FrictionConfig
+from dmf_ray.trainer.plots import figures_for_run
+from dmf_ray.platform.tracking import (
     END_REASON_TAG,
     SweepTracker,
     check_tracking_server,
-    figures_for_run,
     flatten_params,
     tracking_uri_for,
 )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -277,29 +276,3 @@ class VelocityBuffer:
                 f"velocity shape {tuple(velocity.shape)} != buffer {tuple(self.velocity.shape)}"
             )
         self.velocity.copy_(velocity)
-
-
-def plot_schedule(cfg: FrictionConfig, total_steps: int, path: str | Path) -> Path:
-    """Save a PNG of gamma(i) and of the drift scale 1 - gamma(i) over the training steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = schedule_values(cfg, total_steps)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
-        steps = np.arange(total_steps)
-        ax.plot(steps, values, label=r"$\gamma(i)$")
-        ax.plot(steps, 1.0 - values, linestyle="--", label=r"$1-\gamma(i)$")
-        ax.set_xlabel("training step i")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"friction: {cfg.describe()}, T={total_steps}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return path

@@ -1,4 +1,4 @@
-"""The one interface every dataset offers, its typed config, and the dispatch to the builders.
+"""The one interface every dataset offers and its typed config (the registry is in __init__).
 
 Why one interface: the trainer, the metrics and the sweeps only ever need "a pool of source
 samples, a pool of target samples, held-out pools of both, and the true map where it is known".
@@ -161,26 +161,3 @@ class DataConfig:
             )
         if self.name == "ffhq-alae" and self.data_dir is None:
             raise ConfigError("data.data_dir", "required when data.name is 'ffhq-alae'")
-
-
-Builder = Callable[[DataConfig], TranslationData]
-
-
-def builders() -> dict[str, Builder]:
-    """The registry: dataset name -> builder.
-
-    A function rather than a module constant because the builder modules import
-    `TranslationData` from here; importing them at call time breaks that cycle.
-    """
-    from dmf_ray.data import ffhq_alae, gaussian_ot, toy
-
-    return {
-        "toy": toy.build_toy,
-        "gaussian-ot": gaussian_ot.build_gaussian_ot,
-        "ffhq-alae": ffhq_alae.build_ffhq_alae,
-    }
-
-
-def load_dataset(cfg: DataConfig) -> TranslationData:
-    """Build the dataset `cfg` names (ConfigError/DataError on bad input)."""
-    return builders()[cfg.name](cfg)

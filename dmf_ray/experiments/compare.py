@@ -28,8 +28,9 @@ from typing import Any, Mapping, Sequence
 
 from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
 from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_mapping
-from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
-from dmf_ray.trainer.engine import train, translate
+from dmf_ray.data import DataConfig, TranslationData, load_dataset
+from dmf_ray.trainer.engine import translate
+from dmf_ray.trainer.run import run_training
 from dmf_ray.errors import ConfigError, TrainingDiverged
 from dmf_ray.trainer.plots import plot_bars, plot_curves, plot_sample_panels
 from dmf_ray.platform.tracking import SweepTracker, tracking_uri_for
@@ -124,7 +125,7 @@ def run_once(cfg: TrainConfig, data: TranslationData, name: str, setting: float 
     never a crash of the comparison."""
     start = time.perf_counter()
     try:
-        state = train(cfg, data, progress=False)
+        state = run_training(cfg, data)
     except TrainingDiverged as exc:
         seconds = time.perf_counter() - start
         print(f"  {name:<13} setting={setting} seed={cfg.seed}: diverged ({exc})", flush=True)

@@ -34,8 +34,9 @@ from torch import Tensor
 
 from dmf_ray.trainer.checkpoint import restore_rank_state, restore_state, save_checkpoint, save_rank_state
 from dmf_ray.trainer.config import TrainConfig, train_config_from_dict
-from dmf_ray.data.base import load_dataset
-from dmf_ray.trainer.engine import TrainState, build_state, generator_config, train, unwrap_model
+from dmf_ray.data import load_dataset
+from dmf_ray.trainer.engine import TrainState, build_state, generator_config, unwrap_model
+from dmf_ray.trainer.run import run_training
 from dmf_ray.errors import TrainingDiverged
 from dmf_ray.eval.metrics import METRIC_NAMES
 from dmf_ray.core.models import save_generator
@@ -117,8 +118,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     try:
-        train(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None,
-              progress=False, score=rank == 0)
+        run_training(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None, score=rank == 0)
     except TrainingDiverged as exc:
         # NaN scores: the searcher records a failed trial and the scheduler ignores it.
         nan_scores = dict.fromkeys(METRIC_NAMES, math.nan)

@@ -32,13 +32,14 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from dmf_ray.trainer.config import TrainConfig, load_train_config
-from dmf_ray.data.base import DataConfig, TranslationData, load_dataset
+from dmf_ray.data import DataConfig, TranslationData, load_dataset
 from dmf_ray.platform.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
 from dmf_ray.trainer.engine import translate
 from dmf_ray.core.models import load_generator
 from dmf_ray.platform.registry import log_generator, register_if_champion
 from dmf_ray.platform.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
-from dmf_ray.platform.tracking import SweepTracker, figures_for_run
+from dmf_ray.platform.tracking import SweepTracker
+from dmf_ray.trainer.plots import figures_for_run
 
 # Each ray.train.report costs ~2 s at Train's default controller poll interval (REFERENCE 3).
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}

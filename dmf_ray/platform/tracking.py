@@ -39,6 +39,7 @@ from typing import Any, Literal
 import yaml
 
 from dmf_ray.errors import ConfigError, DataError, UserInputError
+from dmf_ray.trainer.plots import as_float
 
 ROLE_TAG = "dmf_ray.role"
 SWEEP_TAG = "dmf_ray.sweep_id"
@@ -58,7 +59,6 @@ _BATCH_METRICS = 1000
 _SERVER_SCHEMES = ("http", "https")
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-_CURVE_PRIORITY = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "drift_norm", "gamma")
 
 
 # --------------------------------------------------------------------------- tracking URIs
@@ -195,15 +195,6 @@ def _clean_key(key: str) -> str:
     key = re.sub(r"/{2,}", "/", key).strip("/") or "_"
     key = "/".join(p if p not in (".", "..") else "_" for p in key.split("/"))
     return key[:MAX_KEY]
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _plain(value: Any) -> Any:
@@ -389,7 +380,7 @@ class SweepTracker:
         good: list[Metric] = []
         bad: list[RunTag] = []
         for key, raw in metrics.items():
-            value = _as_float(raw)
+            value = as_float(raw)
             if value is None:
                 continue
             name = _clean_key(prefix + str(key))
@@ -456,53 +447,3 @@ class SweepTracker:
             one_line = " ".join(str(reason).split())
             self.client.set_tag(run_id, END_REASON_TAG, _truncate(one_line, MAX_TAG_VALUE))
         self.client.set_terminated(run_id, status=status)
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def figures_for_run(
-    history: Sequence[Mapping[str, Any]],
-    friction_cfg: Any,
-    total_steps: int | None,
-    samples: tuple[Any, Any] | None,
-    out_dir: str | os.PathLike[str],
-) -> dict[str, Path]:
-    """PNG figures of a trial: ``samples`` (generated vs target; PCA plane for latents),
-    ``friction`` (the schedule gamma(i)), ``metrics`` (metric curves over the evaluations).
-
-    Each figure is made only when its input is there (samples given, a friction config and
-    ``total_steps >= 2``, a non-empty history). ``friction_cfg`` may be a FrictionConfig or a mapping.
-    """
-    from dmf_ray.trainer.plots import plot_curves, plot_samples
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Path] = {}
-    if samples is not None:
-        generated, target = samples
-        figures["samples"] = plot_samples(generated, target, out / "samples.png")
-    if friction_cfg is not None and total_steps is not None and int(total_steps) >= 2:
-        from dmf_ray.core.friction import FrictionConfig, plot_schedule
-
-        cfg = friction_cfg if isinstance(friction_cfg, FrictionConfig) else FrictionConfig(**dict(friction_cfg))
-        figures["friction"] = plot_schedule(cfg, int(total_steps), out / "friction.png")
-    if history:
-        keys = _curve_keys(history)
-        if keys:
-            clean = [
-                {"step": _as_float(h.get("step", i)) or i, **{k: _as_float(h[k]) for k in keys if k in h and _as_float(h[k]) is not None}}
-                for i, h in enumerate(history)
-            ]
-            figures["metrics"] = plot_curves(clean, keys, out / "metrics.png")
-    return figures
-
-
-def _curve_keys(history: Sequence[Mapping[str, Any]], limit: int = 8) -> list[str]:
-    numeric: list[str] = []
-    for h in history:
-        for k, v in h.items():
-            if k != "step" and k not in numeric and not isinstance(v, bool) and _as_float(v) is not None:
-                numeric.append(k)
-    ordered = [k for k in _CURVE_PRIORITY if k in numeric] + [k for k in numeric if k not in _CURVE_PRIORITY]
-    return ordered[:limit]

@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dmf_ray.core import ofm
 from dmf_ray.eval import metrics
@@ -36,7 +35,6 @@ from dmf_ray.data.base import TranslationData, stream_generator
 from dmf_ray.core.drift import RowShard
 from dmf_ray.errors import TrainingDiverged
 from dmf_ray.core.families import family_drift, sharp_potential
-from dmf_ray.eval.image_metrics import build_image_scorer
 from dmf_ray.core.friction import VelocityBuffer, apply_friction, gamma
 from dmf_ray.core.models import GeneratorConfig, build_generator
 
@@ -51,6 +49,14 @@ class Gather(Protocol):
 
 
 ImageScorer = Callable[[Tensor], dict[str, float]]  # mapped latents -> image scores against the run's target
+
+
+class ProgressReporter(Protocol):
+    """Shows a run's progress: told after every step (must be cheap) and at every evaluation."""
+
+    def advance(self, step: int) -> None: ...
+
+    def evaluated(self, shown: Mapping[str, str]) -> None: ...
 
 
 @dataclass
@@ -232,7 +238,8 @@ def train(
     *,
     on_eval: EvalCallback | None = None,
     gather: Gather | None = None,
-    progress: bool = True,
+    image_scorer: ImageScorer | None = None,
+    progress: ProgressReporter | None = None,
     score: bool = True,
 ) -> TrainState:
     """Run (or continue) training to ``cfg.steps``; evaluate every ``cfg.eval_every`` steps.
@@ -241,43 +248,44 @@ def train(
     ``state.history`` (``train_seconds``: wall time spent in steps, evaluations excluded) and calls
     ``on_eval(state, record)``; with ``score=False`` (data-parallel ranks other than 0) the
     held-out metrics are skipped but the callback still runs, so every rank reports in step.
-    A non-finite loss or sample ends training with TrainingDiverged.
+    A non-finite loss or sample ends training with TrainingDiverged. ``image_scorer`` adds image
+    scores to every evaluation; ``progress`` is told about every step (both are built by the
+    caller, :func:`dmf_ray.trainer.run.run_training`, so this loop imports no CLIP, Inception or
+    progress-bar library).
     """
     # exp(-d / tau) underflows for distant pairs; denormal arithmetic is many times slower on
     # x86 and changes nothing at float32 resolution of the sums, so flush it to zero.
     torch.set_flush_denormal(True)
     data = data.with_train_pools_on(cfg.device)
-    # Loads weights and embeds the held-out target once per run, before any step.
-    image_scorer = build_image_scorer(cfg.eval, data.test_target[: cfg.eval_samples], cfg.device) if score else None
     state = state or build_state(cfg, data)
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train", dynamic_ncols=True)
     shown: dict[str, str] = {}
     train_seconds = state.history[-1].get("train_seconds", 0.0) if state.history else 0.0
     window = time.perf_counter()  # start of the steps since the last evaluation
-    with bar:
-        while state.step < cfg.steps:
-            stats = ofm_step(state, cfg, data, cfg.ofm) if cfg.method == "ofm" else train_step(state, cfg, data, gather)
-            bar.update(1)
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                loss = stats.loss.item()  # the host reads the device only at evaluations
-                train_seconds += time.perf_counter() - window
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"loss is {loss} at step {state.step}")
-                shown.update(loss=f"{loss:.4g}", gamma=f"{stats.gamma:.3f}")
-                record = {
-                    "step": float(state.step),
-                    "loss": loss,
-                    "drift_rms": stats.drift_rms.item(),
-                    "gamma": stats.gamma,
-                    "lr": state.scheduler.get_last_lr()[0],
-                    "train_seconds": train_seconds,  # wall time in training steps, evaluations excluded
-                    **(evaluate(state.model, data, cfg, image_scorer) if score else {}),
-                }
-                state.history.append(record)
-                if score:
-                    shown["fd"] = f"{record['fd']:.4g}"
-                bar.set_postfix(shown)
-                if on_eval is not None:
-                    on_eval(state, record)
-                window = time.perf_counter()
+    while state.step < cfg.steps:
+        stats = ofm_step(state, cfg, data, cfg.ofm) if cfg.method == "ofm" else train_step(state, cfg, data, gather)
+        if progress is not None:
+            progress.advance(state.step)
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            loss = stats.loss.item()  # the host reads the device only at evaluations
+            train_seconds += time.perf_counter() - window
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at step {state.step}")
+            shown.update(loss=f"{loss:.4g}", gamma=f"{stats.gamma:.3f}")
+            record = {
+                "step": float(state.step),
+                "loss": loss,
+                "drift_rms": stats.drift_rms.item(),
+                "gamma": stats.gamma,
+                "lr": state.scheduler.get_last_lr()[0],
+                "train_seconds": train_seconds,  # wall time in training steps, evaluations excluded
+                **(evaluate(state.model, data, cfg, image_scorer) if score else {}),
+            }
+            state.history.append(record)
+            if score:
+                shown["fd"] = f"{record['fd']:.4g}"
+            if progress is not None:
+                progress.evaluated(shown)
+            if on_eval is not None:
+                on_eval(state, record)
+            window = time.perf_counter()
     return state

@@ -8,8 +8,9 @@ components, so a 512-d translation gets the same picture as the 2-D toy.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -18,7 +19,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dmf_ray.core.friction import FrictionConfig, schedule_values  # noqa: E402
+
 _MAX_POINTS = 4000
+# Curves drawn first (at most 8 per figure), then any other numeric key of the history.
+_CURVE_PRIORITY = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "drift_norm", "gamma")
+
+
+def as_float(value: Any) -> float | None:
+    """``value`` as a float (bools as 0/1), or None when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -115,3 +128,67 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_schedule(cfg: FrictionConfig, total_steps: int, path: str | Path) -> Path:
+    """Save a PNG of gamma(i) and of the drift scale 1 - gamma(i) over the training steps."""
+    values = schedule_values(cfg, total_steps)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        steps = np.arange(total_steps)
+        ax.plot(steps, values, label=r"$\gamma(i)$")
+        ax.plot(steps, 1.0 - values, linestyle="--", label=r"$1-\gamma(i)$")
+        ax.set_xlabel("training step i")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(f"friction: {cfg.describe()}, T={total_steps}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def figures_for_run(
+    history: Sequence[Mapping[str, Any]],
+    friction_cfg: Any,
+    total_steps: int | None,
+    samples: tuple[Any, Any] | None,
+    out_dir: str | os.PathLike[str],
+) -> dict[str, Path]:
+    """PNG figures of a trial: ``samples`` (generated vs target; PCA plane for latents),
+    ``friction`` (the schedule gamma(i)), ``metrics`` (metric curves over the evaluations).
+
+    Each figure is made only when its input is there (samples given, a friction config and
+    ``total_steps >= 2``, a non-empty history). ``friction_cfg`` may be a FrictionConfig or a mapping.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+    if samples is not None:
+        generated, target = samples
+        figures["samples"] = plot_samples(generated, target, out / "samples.png")
+    if friction_cfg is not None and total_steps is not None and int(total_steps) >= 2:
+        cfg = friction_cfg if isinstance(friction_cfg, FrictionConfig) else FrictionConfig(**dict(friction_cfg))
+        figures["friction"] = plot_schedule(cfg, int(total_steps), out / "friction.png")
+    if history:
+        keys = _curve_keys(history)
+        if keys:
+            clean = [
+                {"step": as_float(h.get("step", i)) or i, **{k: as_float(h[k]) for k in keys if k in h and as_float(h[k]) is not None}}
+                for i, h in enumerate(history)
+            ]
+            figures["metrics"] = plot_curves(clean, keys, out / "metrics.png")
+    return figures
+
+
+def _curve_keys(history: Sequence[Mapping[str, Any]], limit: int = 8) -> list[str]:
+    numeric: list[str] = []
+    for h in history:
+        for k, v in h.items():
+            if k != "step" and k not in numeric and not isinstance(v, bool) and as_float(v) is not None:
+                numeric.append(k)
+    ordered = [k for k in _CURVE_PRIORITY if k in numeric] + [k for k in numeric if k not in _CURVE_PRIORITY]
+    return ordered[:limit]

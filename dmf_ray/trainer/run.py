@@ -1,0 +1,58 @@
+"""A training run wired to its real collaborators: the image scorer and the progress bar.
+
+Why apart from :mod:`dmf_ray.trainer.engine`: the loop stays a pure function of config, data
+and callbacks (no CLIP, Inception or tqdm import, easy to test), while every caller that trains
+for real -- the trainer CLI, Ray Train workers, experiments -- builds the same scorer and bar here.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from tqdm.auto import tqdm
+
+from dmf_ray.data.base import TranslationData
+from dmf_ray.eval.image_metrics import build_image_scorer
+from dmf_ray.trainer.config import TrainConfig
+from dmf_ray.trainer.engine import EvalCallback, Gather, TrainState, train
+
+
+class TqdmProgress:
+    """:class:`~dmf_ray.trainer.engine.ProgressReporter` as a tqdm bar of training steps."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def advance(self, step: int) -> None:
+        self.bar.update(step - self.bar.n)
+
+    def evaluated(self, shown: Mapping[str, str]) -> None:
+        self.bar.set_postfix(shown)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_training(
+    cfg: TrainConfig,
+    data: TranslationData,
+    state: TrainState | None = None,
+    *,
+    on_eval: EvalCallback | None = None,
+    gather: Gather | None = None,
+    progress: bool = False,
+    score: bool = True,
+) -> TrainState:
+    """:func:`~dmf_ray.trainer.engine.train` with the run's image scorer and an optional bar.
+
+    The scorer (``cfg.eval``: decoder, CLIP and/or Inception weights) loads its weights and embeds
+    the held-out target once, before any step; ranks that do not score (``score=False``) skip it.
+    """
+    target = data.test_target[: cfg.eval_samples]
+    scorer = build_image_scorer(cfg.eval, target, cfg.device) if score else None
+    bar = TqdmProgress(cfg.steps, state.step if state is not None else 0) if progress else None
+    try:
+        return train(cfg, data, state, on_eval=on_eval, gather=gather, image_scorer=scorer, progress=bar, score=score)
+    finally:
+        if bar is not None:
+            bar.close()
