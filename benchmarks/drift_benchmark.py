@@ -1,6 +1,6 @@
 """Drift throughput and peak memory over a grid of (B, M, D, temperatures), vs a naive dense baseline.
 
-Three implementations: "ours" (``compute_drift``, reference preset, defaults: on CPU the
+Three implementations: "ours" (``dmf_ray.core.drift_fast.compute_drift``, reference preset, defaults: on CPU the
 affinities at the released floor are a rank-one term and only the entries above it go through
 a sparse product), "dense" (the same with ``sparse_max_density=0``: every product dense, the
 path CUDA runs) and "naive" (dmf_ray.core.drift_naive, the released algorithm transcribed densely).
@@ -72,7 +72,7 @@ def _inputs(b: int, m: int, d: int):
 
 
 def _impls(gen, pos, temps: tuple[float, ...], chunk: int | None) -> dict:
-    from dmf_ray.core.drift import compute_drift
+    from dmf_ray.core.drift_fast import compute_drift
     from dmf_ray.core.drift_naive import naive_reference_drift
 
     return {
@@ -110,6 +110,7 @@ def race(b: int, m: int, d: int, n_temps: int) -> dict:
     import torch
 
     from dmf_ray.core.drift import PRESETS
+    from dmf_ray.core.geometry import sq_distances
 
     gen, pos = _inputs(b, m, d)
     temps = TEMPS[:n_temps]
@@ -123,7 +124,7 @@ def race(b: int, m: int, d: int, n_temps: int) -> dict:
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     targets = torch.cat([gen, pos])
-    dist = torch.cdist(gen, targets)
+    dist = sq_distances(gen, targets).sqrt_()
     dist = dist / dist.mean()
     dist[torch.arange(b), torch.arange(b)] = float("inf")
     log_floor = math.log(PRESETS["reference"]["affinity_floor"])

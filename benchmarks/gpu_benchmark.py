@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drift_benchmark import _time  # noqa: E402 - the sibling benchmarks
 from train_throughput import steps_per_second  # noqa: E402
 
-from dmf_ray.core.drift import MATMUL_PRECISIONS, PRESETS, compute_drift  # noqa: E402
+from dmf_ray.core.drift import MATMUL_PRECISIONS, PRESETS  # noqa: E402
+from dmf_ray.core.drift_fast import compute_drift  # noqa: E402
 
 TEMPS = len(PRESETS["reference"]["temperatures"])
 

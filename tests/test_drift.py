@@ -1,4 +1,6 @@
-"""Identities the drift field must satisfy (REFERENCE 1; DMF theorem 1; Franz et al. sharp kernel)."""
+"""Identities the drift field must satisfy (the authors' released drift_loss.py; DMF theorem 1;
+Franz et al. sharp kernel), and the fast path (dmf_ray.core.drift_fast) equal to the readable one
+(dmf_ray.core.drift)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import math
 import pytest
 import torch
 
-from dmf_ray.core.drift import DriftConfig, compute_drift, drift_field, make_drift_config
+from dmf_ray.core import drift
+from dmf_ray.core.drift import DriftConfig, drift_loss, make_drift_config, target_loss
+from dmf_ray.core.drift_fast import compute_drift, drift_field
 from dmf_ray.core.drift_naive import naive_reference_drift
 from dmf_ray.errors import ConfigError
 
@@ -31,6 +35,48 @@ def test_reference_preset_matches_released_algorithm() -> None:
         oracle = naive_reference_drift(gen, pos, neg)
         scale = oracle.abs().max()
         assert torch.allclose(ours, oracle, atol=5e-6 * scale, rtol=1e-5), (ours - oracle).abs().max()
+
+
+def test_readable_drift_matches_released_algorithm() -> None:
+    gen, pos, neg = (t.float() for t in _samples(100, 80, 10, 32))
+    ours = drift.drift_field(gen, pos, neg, make_drift_config("reference")).drift
+    oracle = naive_reference_drift(gen, pos, neg)
+    assert torch.allclose(ours, oracle, atol=5e-6 * oracle.abs().max(), rtol=1e-5), (ours - oracle).abs().max()
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("variant", ["extra negatives", "no self negatives", "no normalisation"])
+def test_fast_path_equals_the_readable_drift(normalization: str, kernel: str, variant: str) -> None:
+    """drift_fast.drift_field (chunks, tiles, sparse floor path) computes drift.drift_field."""
+    gen, pos, neg = (t.float() for t in _samples(b=40, m=30, k=12, d=6))
+    opts = dict(kernel=kernel, normalization=normalization, temperatures=(0.05, 0.2, 1.0), affinity_floor=1e-4)
+    if variant == "no normalisation":
+        opts.update(distance_norm=False, drift_norm=False)
+    extra = None if variant == "no normalisation" else neg
+    cfg = make_drift_config(None, self_negatives=variant != "no self negatives", **opts)
+    readable = drift.drift_field(gen, pos, extra, cfg)
+    for chunk in (None, 7):
+        for density in (0.0, 1.0):
+            fast = drift_field(gen, pos, extra, make_drift_config(None, chunk_size=chunk, sparse_max_density=density,
+                                                                   self_negatives=cfg.self_negatives, **opts))
+            scale = readable.drift.abs().max()
+            assert torch.allclose(fast.drift, readable.drift, atol=1e-5 * scale, rtol=1e-4), (chunk, density)
+            assert torch.allclose(fast.force_rms, readable.force_rms, rtol=1e-5)
+            assert torch.equal(fast.scale, readable.scale)
+
+
+def test_drift_loss_is_the_released_loss_and_its_gradient_follows_the_drift() -> None:
+    gen, pos, neg = (t.float() for t in _samples(b=20, m=16, k=4, d=3))
+    cfg = make_drift_config("reference")
+    x = gen.clone().requires_grad_()
+    loss, result = drift_loss(x, pos, neg, cfg)
+    expected = ((gen - (gen + result.drift)) / result.scale).square().mean()
+    assert torch.allclose(loss, expected)
+    (grad,) = torch.autograd.grad(loss, x)
+    # the target is a constant: d/dx mean(((x - t) / s)^2) = 2 (x - t) / (s^2 B D) = -2 V / (s^2 B D)
+    assert torch.allclose(grad, -2.0 * result.drift / (result.scale**2 * gen.numel()), rtol=1e-5, atol=1e-9)
+    assert torch.equal(target_loss(x, result.drift, result.scale), loss)
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
@@ -221,14 +267,15 @@ class _ThreadShard:
         return self._all_reduce(t, lambda ts: torch.logsumexp(torch.stack(ts), dim=0))
 
 
-def _run_two_shards(gen, pos, neg, cfg: DriftConfig, splits: tuple[slice, slice]) -> list[torch.Tensor]:
-    """The drift of each shard's rows, the two shards run concurrently in two threads."""
+def _run_two_shards(gen, pos, neg, cfg: DriftConfig, splits: tuple[slice, slice], field=drift_field) -> list[torch.Tensor]:
+    """The drift of each shard's rows (``field``: fast or readable), the two shards run
+    concurrently in two threads."""
     import threading
 
     board, barrier, out = {}, threading.Barrier(2), {}
 
     def worker(rank: int, rows: slice) -> None:
-        out[rank] = drift_field(gen, pos, neg, cfg, shard=_ThreadShard(rows, rank, board, barrier)).drift
+        out[rank] = field(gen, pos, neg, cfg, shard=_ThreadShard(rows, rank, board, barrier)).drift
 
     threads = [threading.Thread(target=worker, args=(r, s)) for r, s in enumerate(splits)]
     for t in threads:
@@ -240,12 +287,13 @@ def _run_two_shards(gen, pos, neg, cfg: DriftConfig, splits: tuple[slice, slice]
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_row_shards_reproduce_the_full_drift(normalization: str, kernel: str) -> None:
+@pytest.mark.parametrize("field", [drift_field, drift.drift_field], ids=["fast", "readable"])
+def test_row_shards_reproduce_the_full_drift(normalization: str, kernel: str, field) -> None:
     """Each data-parallel process computes only its rows; reductions make them exact."""
     gen, pos, neg = (t.float() for t in _samples(b=30, m=20, k=6, d=4))
     cfg = make_drift_config(None, kernel=kernel, normalization=normalization, temperatures=(0.1, 0.5), chunk_size=7)
-    full = drift_field(gen, pos, neg, cfg).drift
-    out = _run_two_shards(gen, pos, neg, cfg, (slice(0, 12), slice(12, 30)))
+    full = drift.drift_field(gen, pos, neg, cfg).drift
+    out = _run_two_shards(gen, pos, neg, cfg, (slice(0, 12), slice(12, 30)), field)
     assert out[0].shape == (12, 4) and out[1].shape == (18, 4)
     assert torch.allclose(torch.cat([out[0], out[1]]), full, atol=1e-5 * full.abs().max(), rtol=1e-4)
 
@@ -277,7 +325,7 @@ def test_matmul_precision_is_validated() -> None:
 @pytest.fixture
 def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Record, per chunk, whether the sparse floor path produced the forces (True) or declined."""
-    import dmf_ray.core.drift as drift_module
+    import dmf_ray.core.drift_fast as drift_module
 
     calls: list[bool] = []
     real = drift_module._sparse_floor_forces

@@ -10,7 +10,8 @@ import torch
 
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
-from dmf_ray.core.drift import FAMILIES, drift_field, make_drift_config
+from dmf_ray.core.drift import FAMILIES, make_drift_config
+from dmf_ray.core.drift_fast import drift_field
 from dmf_ray.trainer.engine import build_state, train, train_step
 from dmf_ray.errors import ConfigError
 from dmf_ray.core.families import (
@@ -60,7 +61,7 @@ def test_sharp_loss_gradient_is_minus_the_sharp_drift(kernel: str, temperatures:
                             distance_norm=False, drift_norm=False, family="sharp")
     x = gen.clone().requires_grad_()
     (grad,) = torch.autograd.grad(sharp_potential(x, pos, cfg).loss, x)
-    reference = drift_field(gen, pos, None, cfg).drift  # float32 inside drift.py
+    reference = drift_field(gen, pos, None, cfg).drift  # float32
     _close(-grad, reference, 1e-5)
     # The closed-form drift returned alongside equals the float64 gradient to round-off.
     _close(sharp_potential(gen, pos, cfg).drift, -grad, 1e-10)

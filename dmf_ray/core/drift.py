@@ -2,107 +2,72 @@
 
 Every generated sample x_i is attracted to positives y+ (data) and repelled by negatives y-
 (the generated batch itself with its diagonal masked, plus optional fixed negatives). The
-generator is trained towards the stop-gradient target x + V(x).
+generator is trained towards the stop-gradient target x + V(x) (:func:`target_loss`).
 
-One algorithm, three normalisations of the kernel matrix, all on the joint target set
-``Y = [gen (B) | extra negatives (K) | positives (M)]``:
+:func:`drift_field` is the algorithm on one screen, modelled on the authors' released
+drift_loss.py (lambertae/drifting): distances to the joint target set
+``Y = [gen (B) | extra negatives (K) | positives (M)]``, a kernel per temperature, one of three
+normalisations into signed coefficients c_ij, and V_i = sum_j c_ij (y_j - x_i):
 
 * ``row`` -- the paper's eq. (1)-(3): separate row-softmaxes over negatives and positives,
   V = sum_j w+_j y+_j - sum_j w-_j y-_j  (the x terms cancel because both rows sum to one).
-* ``bidirectional`` -- the authors' released code: affinity a_ij = sqrt(row-softmax * column-
-  softmax), floored at sqrt(affinity_floor); positives get a+_ij * sum(a-_i.), negatives
-  -a-_ij * sum(a+_i.), and V_i = sum_j c_ij y_j - (sum_j c_ij) x_i.
-* ``sharp`` -- Franz et al. 2026 (REFERENCE 1): weights k(r) / sum K#(r) with
-  K#(r) = int_r^inf s k(s) ds, so V = grad log Z#_p - grad log Z#_q is conservative.
+* ``bidirectional`` -- the released code: affinity a_ij = sqrt(row-softmax * column-softmax),
+  floored at sqrt(affinity_floor); positives get a+_ij * sum(a-_i.), negatives
+  -a-_ij * sum(a+_i.).
+* ``sharp`` -- Franz et al. 2026: weights k(r) / sum K#(r) with K#(r) = int_r^inf s k(s) ds,
+  so V = grad log Z#_p - grad log Z#_q is conservative (:func:`log_sharp_kernel`).
 
 Options: Laplace or Gaussian kernel, several temperatures summed, distance normalisation
 (coordinates divided by mean-distance / sqrt(D)), per-temperature drift normalisation (each
 temperature's force scaled to unit RMS). Presets are data (``PRESETS``), not code paths.
-
-Sparse above-floor path (``bidirectional`` with a floor, CPU): every affinity is the floor f
-plus an excess r = max(a - f, 0). The floor part is a constant matrix, so its weighted sum is a
-rank-one term (f times the column sums of the targets), and only the entries with r > 0 need
-the product. Few can: a_ij > f needs row-softmax x column-softmax > f^2, and since
-sum_ij a_ij <= sqrt(B N) (Cauchy-Schwarz) at most sqrt(B N) / f entries exceed the floor.
-When at most ``sparse_max_density`` of a chunk's entries are candidates (a bound test per
-temperature, u_ij < row part + column part), their coefficients go through one stacked sparse
-CSR product; otherwise the dense product runs. The result is the same to float32 round-off
-(tests/test_drift.py); the speed depends on the data (benchmarks/RESULTS.md). CUDA always runs
-the dense product: counting the candidates would cost a host sync per step.
-
-Memory: the B x N kernel work (N = B + K + M) runs in row chunks of ``chunk_size`` generated
-samples. Peak extra memory is about ``4 * chunk * N * (T + 2)`` bytes for the chunk's distance
-and stacked coefficient matrices (T temperatures) plus ``4 * T * B * D`` bytes for the
-per-temperature forces -- bounded by the chunk, never by B x N. The sparse path replaces the
-coefficient matrices by two boolean masks (``2 * chunk * N`` bytes) and index arrays of at most
-about ``(20 + 60 T) * sparse_max_density * chunk * N`` bytes. With several chunks the distance
-matrix is recomputed once per pass (mean distance, column log-sum-exp, forces) instead of
-being stored. ``matmul_precision="bf16"`` adds a bfloat16 copy of the coefficient matrices,
-``2 * chunk * N * T`` bytes.
-
-All elementwise math, softmaxes and accumulation are float32 (inputs in bf16/fp16 are upcast);
-nothing here needs gradients. ``matmul_precision`` picks the matrix products' input precision:
-``fp32`` (default, exact), ``tf32`` (CUDA tensor cores for both products; same as fp32 on CPU)
-or ``bf16`` (the coefficient-weighted sums in bfloat16, distances still fp32/tf32: the fast path
-on GPUs and on CPUs with AVX512-BF16/AMX). Measured errors against fp32 are in
-benchmarks/RESULTS.md.
+:mod:`dmf_ray.core.drift_fast` computes the same drift in bounded memory (chunks, cache tiles,
+a sparse above-floor product, bf16 products); training calls that one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
+from dmf_ray.core.geometry import sq_distances
 from dmf_ray.errors import ConfigError
 
 Kernel = Literal["laplace", "gaussian"]
 Normalization = Literal["row", "bidirectional", "sharp"]
-Family = Literal["drifting", "sharp", "kl_parzen", "mmd", "sinkhorn"]
-
-KERNELS: tuple[str, ...] = ("laplace", "gaussian")
-NORMALIZATIONS: tuple[str, ...] = ("row", "bidirectional", "sharp")
 MatmulPrecision = Literal["fp32", "tf32", "bf16"]
-MATMUL_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-# Drift families (REFERENCE 1, WGF view; implemented in dmf_ray.core.families): ``drifting`` is this
-# module's drift_field; ``sharp`` trains on the conservative potential whose negative gradient
-# is the ``sharp``-normalised drift; ``kl_parzen``, ``mmd`` and ``sinkhorn`` are the KL (Parzen),
+# Drift families (WGF view; implemented in dmf_ray.core.families): ``drifting`` is this module's
+# drift_field; ``sharp`` trains on the conservative potential whose negative gradient is the
+# ``sharp``-normalised drift; ``kl_parzen``, ``mmd`` and ``sinkhorn`` are the KL (Parzen),
 # MMD-witness and debiased entropic-OT vector fields.
-FAMILIES: tuple[str, ...] = ("drifting", "sharp", "kl_parzen", "mmd", "sinkhorn")
+Family = Literal["drifting", "sharp", "kl_parzen", "mmd", "sinkhorn"]
+KERNELS: tuple[str, ...] = get_args(Kernel)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+MATMUL_PRECISIONS: tuple[str, ...] = get_args(MatmulPrecision)
+FAMILIES: tuple[str, ...] = get_args(Family)
 
 # Squared distances are clamped here before the square root (as the released code does), so
 # the self-distance is a tiny positive number rather than a NaN-producing negative round-off.
-_SQ_DIST_EPS = 1e-8
-# Floors of the released code: the distance scale and the per-temperature force RMS.
-_SCALE_FLOOR = 1e-3
-_FORCE_MS_FLOOR = 1e-8
-# Elements of the chunk matrices allowed by the automatic chunk size (1 GiB of float32 over
-# the distance, scratch and stacked coefficient matrices together). A batch that fits one
-# chunk computes its distances once instead of once per pass: at B = M = 4096, D = 512 (the
-# FFHQ-scale batch) one chunk needs 640 MiB and runs 1.7x faster than two.
-_AUTO_CHUNK_ELEMENTS = 2**28
-# Entries per row tile of the elementwise passes (4 MiB of float32: several passes over one
-# tile stay in the 2 MiB-per-core L2 / shared L3 of the machines we measured).
-_TILE_ELEMENTS = 2**20
+SQ_DIST_EPS = 1e-8
+# Floors of the released code: the distance scale and the per-temperature force mean square.
+SCALE_FLOOR = 1e-3
+FORCE_MS_FLOOR = 1e-8
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SECTION)
 class DriftConfig:
-    """How to compute the drift field; validated on construction.
+    """How to compute the drift field (its fields' domains are declared here, checked at the edge).
 
     Attributes:
         kernel: ``laplace`` exp(-r/tau) or ``gaussian`` exp(-r^2 / (2 tau^2)).
         temperatures: one bandwidth or several; the drifts of all temperatures are summed.
         normalization: ``row`` | ``bidirectional`` | ``sharp`` (see the module docstring).
         distance_norm: divide coordinates by mean-distance / sqrt(D) so the mean normalised
-            distance is about 1 (released code, item 2): bandwidths become scale-free.
-        drift_norm: scale each temperature's force to unit RMS before summing (item 6).
+            distance is about 1 (the released code): bandwidths become scale-free.
+        drift_norm: scale each temperature's force to unit RMS before summing (the released code).
         self_negatives: use the generated batch (diagonal masked) as negatives.
         affinity_floor: lower clamp of row-softmax x column-softmax before the square root
             (``bidirectional`` only; the released code uses 1e-6).
@@ -126,71 +91,26 @@ class DriftConfig:
     """
 
     kernel: Kernel = "laplace"
-    temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
+    temperatures: PositiveFloats = (0.02, 0.05, 0.2)
     normalization: Normalization = "bidirectional"
-    distance_norm: bool = True
-    drift_norm: bool = True
-    self_negatives: bool = True
-    affinity_floor: float = 1e-6
-    chunk_size: int | None = None
+    distance_norm: Bool = True
+    drift_norm: Bool = True
+    self_negatives: Bool = True
+    affinity_floor: Annotated[Float, Field(ge=0, lt=1)] = 1e-6
+    chunk_size: PositiveInt | None = None
     matmul_precision: MatmulPrecision = "fp32"
-    sparse_max_density: float = 0.08
+    sparse_max_density: Fraction = 0.08
     family: Family = "drifting"
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iterations: int = 50
-
-    def __post_init__(self) -> None:
-        temps = self.temperatures
-        if isinstance(temps, (int, float)) and not isinstance(temps, bool):
-            temps = (float(temps),)
-        if not isinstance(temps, (list, tuple)):
-            raise ConfigError("drift.temperatures", f"must be a number or a list of numbers, got {temps!r}")
-        if len(temps) == 0:
-            raise ConfigError("drift.temperatures", "must not be empty")
-        for t in temps:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-                raise ConfigError("drift.temperatures", f"every temperature must be a finite number > 0, got {t!r}")
-        object.__setattr__(self, "temperatures", tuple(float(t) for t in temps))
-        if self.kernel not in KERNELS:
-            raise ConfigError("drift.kernel", f"must be one of {list(KERNELS)}, got {self.kernel!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(
-                "drift.normalization", f"must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}"
-            )
-        for name in ("distance_norm", "drift_norm", "self_negatives"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"drift.{name}", f"must be true or false, got {getattr(self, name)!r}")
-        if not (0.0 <= self.affinity_floor < 1.0):
-            raise ConfigError("drift.affinity_floor", f"must be in [0, 1), got {self.affinity_floor!r}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ConfigError(
-                "drift.matmul_precision", f"must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
-            )
-        density = self.sparse_max_density
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
-            raise ConfigError("drift.sparse_max_density", f"must be a number in [0, 1], got {density!r}")
-        object.__setattr__(self, "sparse_max_density", float(density))
-        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or int(self.chunk_size) < 1):
-            raise ConfigError("drift.chunk_size", f"must be a positive integer or null, got {self.chunk_size!r}")
-        if not isinstance(self.family, str) or self.family not in FAMILIES:
-            raise ConfigError("drift.family", f"must be one of {list(FAMILIES)}, got {self.family!r}")
-        eps = self.sinkhorn_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ConfigError("drift.sinkhorn_epsilon", f"must be a finite number > 0, got {eps!r}")
-        object.__setattr__(self, "sinkhorn_epsilon", float(eps))
-        its = self.sinkhorn_iterations
-        if isinstance(its, bool) or not isinstance(its, int) or its < 1:
-            raise ConfigError("drift.sinkhorn_iterations", f"must be an integer >= 1, got {its!r}")
+    sinkhorn_epsilon: PositiveFloat = 0.05
+    sinkhorn_iterations: PositiveInt = 50
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples) for YAML / MLflow params."""
-        out = asdict(self)
-        out["temperatures"] = list(self.temperatures)
-        return out
+        return plain(asdict(self))
 
 
-# Presets are data. `reference` is the authors' released algorithm (REFERENCE 1, items 1-6);
-# `toy` their 2-D notebook (item 7);
+# Presets are data. `reference` is the authors' released algorithm (their drift_loss.py);
+# `toy` their 2-D notebook;
 # `paper` is the DMF paper's eq. (1)-(4): row normalisation, Laplace kernel, one bandwidth,
 # no distance or drift normalisation.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -203,7 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         self_negatives=True,
         affinity_floor=1e-6,
     ),
-    # The released 2-D toy notebook (REFERENCE 1, item 7): k / sqrt(row_sum * col_sum) with no
+    # The released 2-D toy notebook: k / sqrt(row_sum * col_sum) with no
     # floor, one temperature, no distance or drift normalisation.
     "toy": dict(
         kernel="laplace",
@@ -226,21 +146,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_drift_config(preset: str | None = None, **options: Any) -> DriftConfig:
-    """Build a config from an optional preset overridden by keyword options.
-
-    Raises ConfigError for an unknown preset or option name.
-    """
-    base: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError("drift.preset", f"must be one of {sorted(PRESETS)}, got {preset!r}")
-        base = dict(PRESETS[preset])
-    known = {f.name for f in fields(DriftConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"drift.{unknown[0]}", f"unknown option (known: {sorted(known)})")
-    base.update(options)
-    return DriftConfig(**base)
+    """A config from an optional preset (a key of ``PRESETS``) overridden by keyword options."""
+    return DriftConfig(**{**(PRESETS[preset] if preset is not None else {}), **options})
 
 
 @dataclass(frozen=True)
@@ -250,7 +157,7 @@ class DriftResult:
     Attributes:
         drift: V, shape (B, D), float32, in input coordinates: the target is x + V.
         scale: the coordinate scale s (mean distance / sqrt(D) under ``distance_norm``,
-            otherwise 1). The released loss is mean(((x - sg(x + V)) / s)^2).
+            otherwise 1); the loss is :func:`target_loss`.
         force_rms: RMS of each temperature's force before drift normalisation, in normalised
             coordinates, shape (T,) -- a diagnostic (the released code logs its square).
     """
@@ -258,23 +165,6 @@ class DriftResult:
     drift: Tensor
     scale: Tensor
     force_rms: Tensor
-
-
-def compute_drift(
-    gen: Tensor,
-    pos: Tensor,
-    neg: Tensor | None = None,
-    *,
-    preset: str | None = None,
-    **options: Any,
-) -> Tensor:
-    """Drift V for generated samples ``gen`` (B, D) against positives ``pos`` (M, D).
-
-    ``neg`` (K, D) are extra fixed negatives; the generated batch is always a negative set too
-    unless ``self_negatives=False``. ``preset`` is ``"reference"``, ``"toy"`` or ``"paper"``; keyword
-    options (see DriftConfig) override it. Returns V (B, D) float32 in input coordinates.
-    """
-    return drift_field(gen, pos, neg, make_drift_config(preset, **options)).drift
 
 
 class RowShard(Protocol):
@@ -294,181 +184,89 @@ class RowShard(Protocol):
     def logsumexp(self, t: Tensor) -> Tensor: ...
 
 
+# --------------------------------------------------------------------------- the algorithm
+
+
 def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, shard: RowShard | None = None) -> DriftResult:
-    """Compute the drift under ``cfg``; see the module docstring for the algorithm and memory.
+    """The drift V of the generated rows under ``cfg``, densely (module docstring).
 
-    With ``shard`` only the rows ``shard.rows`` of ``gen`` are computed (and returned).
+    ``gen`` (B, D) generated samples, ``pos`` (M, D) positives, ``neg`` (K, D) extra negatives
+    or None. With ``shard`` only the rows ``shard.rows`` of ``gen`` are computed (and returned).
+    This is the specification; :func:`dmf_ray.core.drift_fast.drift_field` computes the same.
     """
-    x_all, targets, n_neg = _prepare(gen, pos, neg, cfg)
+    # 0. Stop-gradient boundary: V is a regression target, computed from detached float32 copies.
+    x_all, targets, n_neg = drift_targets(gen, pos, neg, cfg)  # [B, D], [N, D] = [gen | neg | pos]
+    rows = shard.rows if shard is not None else slice(0, x_all.shape[0])
+    x = x_all[rows]  # [b, D]: the rows computed here
     b_total, d = x_all.shape
-    rows = shard.rows if shard is not None else slice(0, b_total)
-    x = x_all[rows]
-    b, first = x.shape[0], rows.start or 0
-    n = targets.shape[0]
-    chunk = _chunk_rows(cfg, b, n)
-    ws = _Workspace(chunk, n, len(cfg.temperatures), x.device, cfg.matmul_precision)
-    starts = range(first, first + b, chunk)  # global row indices (the self-mask needs them)
 
-    def local(start: int) -> slice:
-        return slice(start - first, start - first + chunk)
+    # 1. Distances and the kernel argument u (r for Laplace, r^2 for Gaussian).
+    dist = sq_distances(x, targets, floor=SQ_DIST_EPS).sqrt_()  # [b, N]
+    # distance_norm: divide by the mean distance so that the bandwidths are scale-free.
+    total = shard_reduce(shard, "sum", dist.sum(dtype=torch.float64)) if cfg.distance_norm else None
+    dist_scale, coord_scale = scales(total, b_total * targets.shape[0], d, x)  # [], []
+    u = kernel_argument(dist, rows.start or 0, dist_scale, cfg)  # [b, N], self entries +inf
+    tau = torch.tensor(cfg.temperatures, device=x.device)[:, None, None]  # [T, 1, 1]
+    log_k = u[None] * -torch.tensor(kappas(cfg), device=x.device)[:, None, None]  # [T, b, N]
 
-    # Pass 1: the distance scale (mean over the whole B x N matrix, self-distances included).
-    cached: Tensor | None = None
-    total: Tensor | None = None
-    if cfg.distance_norm:
-        if chunk >= b:
-            cached = ws.distances(x, targets)
-            total = _float64_total(cached)
-        else:
-            total = sum(_float64_total(ws.distances(x[local(s)], targets)) for s in starts)
-        total = _reduce(shard, "sum", total)
-    dist_scale, coord_scale = _scales(total, b_total * n, d, x)
-    if chunk >= b:
-        cached = _kernel_argument_(cached if cached is not None else ws.distances(x, targets), first, dist_scale, cfg)
-
-    def kernel_args(start: int) -> Tensor:
-        if cached is not None:
-            return cached
-        dist = ws.distances(x[local(start)], targets)
-        return _kernel_argument_(dist, start, dist_scale, cfg)
-
-    # Pass 2 (bidirectional only): column log-sum-exp over ALL generated rows.
-    half_col_lse = None
+    # 2. Normalise the kernel into signed coefficients c (negatives < 0 < positives).
     if cfg.normalization == "bidirectional":
-        col_lse = torch.full((len(cfg.temperatures), n), -math.inf, device=x.device)
-        for start in starts:
-            col_lse = torch.logaddexp(col_lse, _column_logsumexp(kernel_args(start), cfg, ws))
-        half_col_lse = _reduce(shard, "logsumexp", col_lse).mul_(0.5)
+        # sqrt(row-softmax x column-softmax): each pair weighed from both sides (released code);
+        # the column softmax runs over all B generated rows, hence the shard reduction.
+        col_lse = shard_reduce(shard, "logsumexp", log_k.logsumexp(1))  # [T, N]
+        aff = (log_k - 0.5 * log_k.logsumexp(2, keepdim=True) - 0.5 * col_lse[:, None]).exp()  # [T, b, N]
+        # the floor keeps every pair's affinity above sqrt(affinity_floor), as released.
+        aff = aff.clamp_min(math.sqrt(cfg.affinity_floor))
+        a_neg, a_pos = aff[..., :n_neg], aff[..., n_neg:]  # [T, b, n_neg], [T, b, M]
+        # repel negatives weighted by the total attraction, attract positives by the total repulsion.
+        coeff = torch.cat([-a_neg * a_pos.sum(2, keepdim=True), a_pos * a_neg.sum(2, keepdim=True)], 2)
+    else:
+        # row: k / sum k per block (DMF eq. 2-3); sharp: k / sum K#, which makes V a gradient.
+        log_norm = log_k if cfg.normalization == "row" else log_sharp_kernel(log_k, u, tau, cfg.kernel)  # [T, b, N]
+        coeff = signed_block_weights(log_k, log_norm, n_neg)  # [T, b, N]
 
-    # Pass 3: per-temperature forces, chunk by chunk.
-    forces = x.new_empty(len(cfg.temperatures), b, d)  # [T, B, D], input coordinates
-    for start in starts:
-        forces[:, local(start)] = _chunk_forces(x[local(start)], targets, kernel_args(start), n_neg, cfg, ws, half_col_lse)
-
-    mean_sq = _reduce(shard, "sum", forces.square().sum(dim=(1, 2))) / (b_total * d)
-    force_rms = _force_rms(mean_sq, coord_scale)
+    # 3. Forces sum_j c_ij (y_j - x_i) per temperature, then their sum.
+    forces = coeff @ targets - coeff.sum(2, keepdim=True) * x  # [T, b, D], input coordinates
+    mean_sq = shard_reduce(shard, "sum", forces.square().sum(dim=(1, 2))) / (b_total * d)  # [T]
+    rms = force_rms(mean_sq, coord_scale)  # [T]
     if cfg.drift_norm:
-        # Unit RMS in normalised coordinates, mapped back: s * (G / s) / rms = G / rms.
-        forces.div_(force_rms[:, None, None])
-    return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=force_rms)
+        # unit RMS per temperature (normalised coordinates): every bandwidth has an equal say.
+        forces = forces / rms[:, None, None]
+    return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=rms)  # drift [b, D]
 
 
-@contextlib.contextmanager
-def _tf32(enabled: bool) -> Iterator[None]:
-    """TF32 tensor-core matmuls on CUDA inside the block (no effect on CPU), restored after."""
-    if not enabled:
-        yield
-        return
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+def target_loss(x: Tensor, displacement: Tensor, scale: Tensor) -> Tensor:
+    """mean(((x - sg(x + d)) / s)^2): x regressed onto its stop-gradient target x + d.
 
-
-def _float64_total(m: Tensor) -> Tensor:
-    """Sum of a float32 matrix: rows summed in float32 (pairwise, in cache), rows in float64.
-
-    ``m.sum(dtype=float64)`` converts the whole matrix first, which costs more than the sum.
+    The released drift_loss.py's loss, with the displacement d = V (or V after friction,
+    dmf_ray.core.friction) and s the drift's coordinate scale; its gradient is
+    -2 d / (s^2 B D), so plain SGD moves x along the drift.
     """
-    return m.sum(1).sum(dtype=torch.float64)
+    target = (x + displacement).detach()  # [B, D]
+    return ((x - target) / scale).square().mean()
 
 
-def _reduce(shard: RowShard | None, op: str, t: Tensor) -> Tensor:
-    """Reduce a per-process partial result across the shard's processes (identity without one)."""
-    return t if shard is None else getattr(shard, op)(t)
+def drift_loss(
+    x: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig
+) -> tuple[Tensor, DriftResult]:
+    """The released drift loss of generated ``x`` (B, D) with its graph, and the drift it used.
 
-
-def _scales(total: Tensor | None, count: int, d: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(distance scale, coordinate scale) from the (float64) sum ``total`` of ``count`` distances.
-
-    The distance scale s is the mean distance (kernel distances are r / s), the coordinate
-    scale s / sqrt(D) the loss scale; both floored as released. ``total`` None (no
-    ``distance_norm``): both are 1. In ``like``'s dtype and device; shared with
-    dmf_ray.core.families so every family uses the same scales.
+    Friction-free: training (dmf_ray.trainer.engine) applies friction to V between
+    :func:`drift_field` and :func:`target_loss`, so it calls those two itself.
     """
-    if total is None:
-        return like.new_ones(()), like.new_ones(())
-    scale = (total / count).to(like.dtype)
-    return scale.clamp_min(_SCALE_FLOOR), (scale / math.sqrt(d)).clamp_min(_SCALE_FLOOR)
+    result = drift_field(x, pos, neg, cfg)
+    return target_loss(x, result.drift, result.scale), result
 
 
-def _force_rms(mean_sq: Tensor, coord_scale: Tensor) -> Tensor:
-    """Per-temperature force RMS in the normalised coordinates (forces / coord_scale), floored as
-    released; ``mean_sq`` is the mean square of the forces in input coordinates, shape (T,)."""
-    return (mean_sq / coord_scale.square()).clamp_min(_FORCE_MS_FLOOR).sqrt()
+# --------------------------------------------------------------------------- shared steps
+# Public because dmf_ray.core.drift_fast and dmf_ray.core.families build on them.
 
 
-class _Workspace:
-    """Chunk-sized buffers reused across chunks and passes.
-
-    Fresh 100 MB tensors cost more in page faults than the arithmetic done on them, so the
-    distance matrix, one scratch matrix and the stacked coefficient matrices (or the sparse
-    path's masks) are allocated once per call and every elementwise step writes into them in
-    place.
-    """
-
-    def __init__(self, chunk: int, n: int, n_temps: int, device: torch.device, precision: str = "fp32") -> None:
-        self.n = n
-        self.n_temps = n_temps
-        self.precision = precision
-        self.chunk = chunk
-        self.device = device
-        self._dist = torch.empty(chunk * n, device=device)
-        self._scratch = torch.empty(chunk * n, device=device)
-        # allocated on first use: a call served by the sparse floor path needs masks, not these
-        self._coeff: Tensor | None = None
-        self._masks: Tensor | None = None
-        self._coeff_bf16: Tensor | None = None
-        self._targets_bf16: Tensor | None = None
-
-    def weighted_sums(self, coeff: Tensor, targets: Tensor) -> Tensor:
-        """coeff [R, N] @ targets [N, D] in float32, the product itself at ``precision``.
-
-        ``bf16``: both operands rounded to bfloat16 (coefficients are in [-1, 1] and summed
-        over N terms with float32 accumulation inside the matmul), result back in float32.
-        The distances are never computed in bf16: |x|^2 + |y|^2 - 2 x.y cancels.
-        """
-        if self.precision != "bf16":
-            with _tf32(self.precision == "tf32"):
-                return torch.mm(coeff, targets)
-        if self._targets_bf16 is None:
-            self._targets_bf16 = targets.to(torch.bfloat16)
-        if self._coeff_bf16 is None:
-            self._coeff_bf16 = torch.empty(self.n_temps * self.chunk * self.n, device=self.device, dtype=torch.bfloat16)
-        low = self._coeff_bf16[: coeff.numel()].view(coeff.shape).copy_(coeff)
-        return torch.mm(low, self._targets_bf16).float()
-
-    def distances(self, x_rows: Tensor, targets: Tensor) -> Tensor:
-        """Euclidean distances [c, N] (|x|^2 + |y|^2 - 2 x.y, one matrix product)."""
-        c = x_rows.shape[0]
-        out = self._dist[: c * self.n].view(c, self.n)
-        with _tf32(self.precision == "tf32"):
-            torch.addmm(x_rows.square().sum(1, keepdim=True), x_rows, targets.T, alpha=-2.0, out=out)
-        out.add_(targets.square().sum(1)[None, :]).clamp_min_(_SQ_DIST_EPS)
-        return out.sqrt_()
-
-    def scratch(self, c: int) -> Tensor:
-        return self._scratch[: c * self.n].view(c, self.n)
-
-    def masks(self, c: int) -> Tensor:
-        """Two boolean [c, N] matrices (the sparse floor path's candidates and a scratch mask)."""
-        if self._masks is None:
-            self._masks = torch.empty(2 * self.chunk * self.n, device=self.device, dtype=torch.bool)
-        return self._masks[: 2 * c * self.n].view(2, c, self.n)
-
-    def coeff(self, c: int) -> Tensor:
-        if self._coeff is None:
-            self._coeff = torch.empty(self.n_temps * self.chunk * self.n, device=self.device)
-        return self._coeff[: self.n_temps * c * self.n].view(self.n_temps, c, self.n)
-
-
-def _check_shapes(gen: Tensor, pos: Tensor, **optional: Tensor | None) -> None:
+def check_shapes(gen: Tensor, pos: Tensor, **optional: Tensor | None) -> None:
     """Reject inputs that are not non-empty row x feature matrices of one feature dimension.
 
     ``optional`` are further named row sets that may be None (drift_field's ``neg``); the
-    messages name exactly the sets passed. Shared with dmf_ray.core.families.
+    messages name exactly the sets passed.
     """
     named = {"gen": gen, "pos": pos, **optional}
     given = [t for t in named.values() if t is not None]
@@ -482,9 +280,10 @@ def _check_shapes(gen: Tensor, pos: Tensor, **optional: Tensor | None) -> None:
         raise ValueError("gen and pos must each hold at least one row")
 
 
-def _prepare(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> tuple[Tensor, Tensor, int]:
-    """Upcast to float32, detach and stack the target set [gen | neg | pos]."""
-    _check_shapes(gen, pos, neg=neg)
+def drift_targets(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> tuple[Tensor, Tensor, int]:
+    """Detached float32 ``gen`` [B, D], the target set [gen | neg | pos] [N, D] and its number
+    of negatives (the generated rows only under ``self_negatives``)."""
+    check_shapes(gen, pos, neg=neg)
     x = gen.detach().float()
     blocks = [x] if cfg.self_negatives else []
     if neg is not None:
@@ -494,24 +293,15 @@ def _prepare(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig) -> 
         raise ValueError(f"{cfg.normalization} normalisation needs negatives: enable self_negatives or pass neg")
     if cfg.self_negatives and neg is None and x.shape[0] < 2:
         raise ValueError("self_negatives needs at least 2 generated rows (a sample does not repel itself)")
-    targets = torch.cat(blocks + [pos.detach().float()], dim=0)  # [N, D]
-    return x, targets, n_neg
+    return x, torch.cat(blocks + [pos.detach().float()], dim=0), n_neg
 
 
-def _chunk_rows(cfg: DriftConfig, b: int, n: int) -> int:
-    """Generated rows per chunk: the configured size or the largest within the budget."""
-    if cfg.chunk_size is not None:
-        return min(int(cfg.chunk_size), b)
-    per_row = n * (len(cfg.temperatures) + 2)
-    return max(1, min(b, _AUTO_CHUNK_ELEMENTS // per_row))
+def kernel_argument(dist: Tensor, row_offset: int, dist_scale: Tensor, cfg: DriftConfig) -> Tensor:
+    """Distances [c, N] -> the kernel argument u, IN PLACE, self entries set to +inf.
 
-
-def _kernel_argument_(dist: Tensor, row_offset: int, dist_scale: Tensor, cfg: DriftConfig) -> Tensor:
-    """Turn distances [c, N] into the kernel argument u in place, self entries set to +inf.
-
-    u = r (normalised distance) for Laplace, r^2 for Gaussian, so log k = -u * kappa_t with
-    kappa_t = 1/tau or 1/(2 tau^2). Setting the self entries to +inf removes a sample's pull
-    on itself exactly, for every temperature (the released code adds a large distance).
+    u = r / s for Laplace, (r / s)^2 for Gaussian, so log k = -kappa * u (:func:`kappas`). The
+    +inf removes a sample's pull on itself exactly at every temperature (the released code
+    adds a large distance instead). ``row_offset`` is the global index of the first row.
     """
     u = dist.div_(dist_scale)
     if cfg.kernel == "gaussian":
@@ -522,206 +312,55 @@ def _kernel_argument_(dist: Tensor, row_offset: int, dist_scale: Tensor, cfg: Dr
     return u
 
 
-def _kappas(cfg: DriftConfig) -> list[float]:
+def kappas(cfg: DriftConfig) -> list[float]:
     """log k = -kappa * u: kappa = 1/tau (Laplace, u = r) or 1/(2 tau^2) (Gaussian, u = r^2)."""
     if cfg.kernel == "laplace":
         return [1.0 / t for t in cfg.temperatures]
     return [0.5 / (t * t) for t in cfg.temperatures]
 
 
-def _lse_(buf: Tensor, shift: Tensor, dim: int) -> Tensor:
-    """log-sum-exp of ``buf`` along ``dim`` given each slice's maximum ``shift``; destroys buf.
+def log_sharp_kernel(log_k: Tensor, u: Tensor, tau: Tensor | float, kernel: str) -> Tensor:
+    """log K#(r) with K#(r) = int_r^inf s k(s) ds (Franz et al. 2026), from log k and u.
 
-    The kernel is monotone in u, so every maximum is known from one min of u and no separate
-    max pass is needed.
+    Laplace: K# = tau (r + tau) k; Gaussian: K# = tau^2 k. Since grad_x K#(|x - y|) =
+    k (y - x), weights k / sum K# make the drift grad log Z#_p - grad log Z#_q. ``u`` = +inf
+    (a masked entry) stays at log K# = -inf.
     """
-    shift = shift.clamp_min(torch.finfo(buf.dtype).min)  # a fully masked slice has max -inf
-    buf.sub_(shift).exp_()
-    return buf.sum(dim).log_().add_(shift.squeeze(dim))
+    log_tau = torch.log(tau) if isinstance(tau, Tensor) else math.log(tau)
+    if kernel == "gaussian":
+        return log_k + 2.0 * log_tau
+    finite_u = u.clamp_max(torch.finfo(u.dtype).max)  # inf + tau would give -inf + inf = NaN
+    return log_k + log_tau + torch.log(finite_u + tau)
 
 
-def _row_tiles(u: Tensor) -> list[slice]:
-    """Row slices of about ``_TILE_ELEMENTS`` entries: several passes over one tile stay in cache.
+def signed_block_weights(log_k: Tensor, log_norm: Tensor, n_neg: int) -> Tensor:
+    """Coefficients [..., N] of the ``row`` and ``sharp`` forms: -k / sum exp(log_norm) over the
+    first ``n_neg`` columns (negatives), +k / sum exp(log_norm) over the rest (positives)."""
+    parts = (slice(0, n_neg), slice(n_neg, None))
+    neg, pos = ((log_k[..., part] - log_norm[..., part].logsumexp(-1, keepdim=True)).exp() for part in parts)
+    return torch.cat([-neg, pos], -1)
 
-    CPU only: on CUDA one slice, since each tile costs kernel launches and the device's
-    bandwidth, not its cache, bounds these passes.
+
+def scales(total: Tensor | None, count: int, d: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(distance scale, coordinate scale) from the (float64) sum ``total`` of ``count`` distances.
+
+    The distance scale s is the mean distance (kernel distances are r / s), the coordinate
+    scale s / sqrt(D) the loss scale; both floored as released. ``total`` None (no
+    ``distance_norm``): both are 1. In ``like``'s dtype and device.
     """
-    rows, n = u.shape
-    if u.device.type != "cpu":
-        return [slice(0, rows)]
-    step = max(1, _TILE_ELEMENTS // max(n, 1))
-    return [slice(start, start + step) for start in range(0, rows, step)]
+    if total is None:
+        return like.new_ones(()), like.new_ones(())
+    scale = (total / count).to(like.dtype)
+    return scale.clamp_min(SCALE_FLOOR), (scale / math.sqrt(d)).clamp_min(SCALE_FLOOR)
 
 
-def _kernel_lse(u: Tensor, kappas: list[float], dim: int, scratch: Tensor) -> Tensor:
-    """log sum exp(-kappa * u) along ``dim`` for every kappa: [T, c] (dim 1) or [T, N] (dim 0).
-
-    Each slice is shifted by its minimum of u (the kernel is monotone, so that is its maximum;
-    a fully masked slice, u = inf, gives -inf). Per cache-sized row tile and temperature: one
-    fused ``add`` (shift - kappa * u), one in-place exp, one sum -- once the products are fast,
-    these B x N passes bound the drift, and in cache they run about 1.6x faster (both
-    log-sum-exps at B = M = 2048, D = 512, T = 3: 32 ms tiled against 51 ms over the matrix).
-    """
-    u_min = u.amin(dim, keepdim=True)
-    finite = torch.finfo(u.dtype).max
-    shifts = [(u_min * kappa).clamp_max_(finite) for kappa in kappas]
-    tiles = _row_tiles(u)
-    sums = [[] for _ in kappas]
-    for tile in tiles:
-        buf = scratch[tile]
-        for t, kappa in enumerate(kappas):
-            shift = shifts[t][tile] if dim == 1 else shifts[t]
-            torch.add(shift, u[tile], alpha=-kappa, out=buf).exp_()
-            sums[t].append(buf.sum(dim))
-    total = [torch.cat(parts) if dim == 1 else torch.stack(parts).sum(0) for parts in sums]
-    return torch.stack([tot.log_().sub_(shift.squeeze(dim)) for tot, shift in zip(total, shifts)])
+def force_rms(mean_sq: Tensor, coord_scale: Tensor) -> Tensor:
+    """Per-temperature force RMS in the normalised coordinates (forces / coord_scale), floored as
+    released; ``mean_sq`` is the mean square of the forces in input coordinates, shape (T,)."""
+    return (mean_sq / coord_scale.square()).clamp_min(FORCE_MS_FLOOR).sqrt()
 
 
-def _column_logsumexp(u: Tensor, cfg: DriftConfig, ws: _Workspace) -> Tensor:
-    """log sum_i k(x_i, y_j) over this chunk's rows, per temperature: [T, N]."""
-    return _kernel_lse(u, _kappas(cfg), 0, ws.scratch(u.shape[0]))
-
-
-def _chunk_forces(
-    x_rows: Tensor,
-    targets: Tensor,
-    u: Tensor,
-    n_neg: int,
-    cfg: DriftConfig,
-    ws: _Workspace,
-    half_col_lse: Tensor | None,
-) -> Tensor:
-    """Per-temperature forces [T, c, D] for one chunk, in input coordinates.
-
-    Builds the coefficient matrices c_ij of all temperatures in place, then applies them in one
-    stacked product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i. The bidirectional form first
-    tries the sparse above-floor product (:func:`_sparse_floor_forces`).
-    """
-    c = u.shape[0]
-    scratch = ws.scratch(c)
-    neg, pos = slice(0, n_neg), slice(n_neg, None)
-    if cfg.normalization == "bidirectional":
-        if _sparse_floor_eligible(cfg, u):
-            row_lse, sparse = _sparse_floor_forces(targets, u, n_neg, cfg, ws, half_col_lse)
-            if sparse is not None:
-                return sparse
-        else:
-            row_lse = _kernel_lse(u, _kappas(cfg), 1, scratch)  # [T, c]
-    coeff = ws.coeff(c)  # [T, c, N]
-    for t, kappa in enumerate(_kappas(cfg)):
-        logk = torch.mul(u, -kappa, out=coeff[t])  # [c, N]
-        if cfg.normalization == "bidirectional":
-            # log sqrt(row-softmax * col-softmax) = log k - row_lse / 2 - col_lse / 2
-            logk.sub_(row_lse[t].mul(0.5)[:, None]).sub_(half_col_lse[t][None, :]).exp_()
-            aff = logk.clamp_min_(math.sqrt(cfg.affinity_floor))
-            sum_neg = aff[:, neg].sum(1, keepdim=True)
-            sum_pos = aff[:, pos].sum(1, keepdim=True)
-            aff[:, neg].mul_(sum_pos.neg_())  # repel negatives, weighted by total attraction
-            aff[:, pos].mul_(sum_neg)  # attract positives, weighted by total repulsion
-        else:
-            for part, sign in ((neg, -1.0), (pos, 1.0)):
-                if logk[:, part].shape[1] > 0:  # the row form may run without negatives
-                    _normalise_part_(logk[:, part], u[:, part], scratch[:, part], kappa, cfg, sign)
-    t_count = coeff.shape[0]
-    weighted = ws.weighted_sums(coeff.view(t_count * c, -1), targets).view(t_count, c, -1)  # one product
-    return weighted.sub_(coeff.sum(2, keepdim=True) * x_rows[None])
-
-
-def _sparse_floor_eligible(cfg: DriftConfig, u: Tensor) -> bool:
-    """The sparse path needs a floor, a host-side entry count (CPU) and fp32 products."""
-    return (
-        cfg.affinity_floor > 0.0
-        and cfg.sparse_max_density > 0.0
-        and u.device.type == "cpu"
-        and cfg.matmul_precision != "bf16"
-    )
-
-
-def _sparse_floor_forces(
-    targets: Tensor,
-    u: Tensor,
-    n_neg: int,
-    cfg: DriftConfig,
-    ws: _Workspace,
-    half_col_lse: Tensor,
-) -> tuple[Tensor, Tensor | None]:
-    """Row log-sum-exp [T, c] and the bidirectional forces [T, c, D] from the entries above the
-    affinity floor only; exact.
-
-    With floor f = sqrt(affinity_floor), every affinity is a = f + r with r = max(a - f, 0).
-    The floor part is a constant matrix, so its weighted sum is f times a column sum of the
-    targets (rank one), and only r needs a product. r is sparse: a_ij > f needs
-    row-softmax x column-softmax > f^2, i.e. u_ij below a row part plus a column part for some
-    temperature; by Cauchy-Schwarz sum_ij a_ij <= sqrt(B N), so at most sqrt(B N) / f entries
-    can exceed the floor -- a fraction 1e3 / sqrt(B N) of the matrix at the released floor
-    (35% at B = M = 2048, 4% at B = M = 16384), and far fewer on real data
-    (benchmarks/RESULTS.md). The coefficient row sums cancel exactly (-A+ A- + A- A+ = 0), so
-    no x_i term remains. The row log-sum-exp and the candidate test share one pass over
-    cache-sized tiles of u.
-
-    The forces are None when more than ``sparse_max_density`` of the chunk's entries are
-    candidates; the caller then runs the dense product with the returned row log-sum-exp.
-    """
-    c, n = u.shape
-    t_count = len(cfg.temperatures)
-    kappas = torch.tensor(_kappas(cfg), device=u.device)[:, None]  # [T, 1]
-    # a_ij > f  <=>  -2 kappa u_ij - row_lse_i - col_lse_j > log(affinity_floor)
-    #           <=>  u_ij < row_part_i + col_part_j   (for at least one temperature)
-    col_part = (-2.0 * half_col_lse - math.log(cfg.affinity_floor)) / (2.0 * kappas)  # [T, N]
-    row_lse = u.new_empty(t_count, c)
-    bound, (candidates, hit) = ws.scratch(c), ws.masks(c)
-    for tile in _row_tiles(u):
-        row_lse[:, tile] = _kernel_lse(u[tile], _kappas(cfg), 1, bound[tile])
-        row_part = -row_lse[:, tile] / (2.0 * kappas)  # [T, tile]
-        for t in range(t_count):
-            torch.add(row_part[t, :, None], col_part[t][None, :], out=bound[tile])
-            if t == 0:
-                torch.lt(u[tile], bound[tile], out=candidates[tile])
-            else:
-                candidates[tile].logical_or_(torch.lt(u[tile], bound[tile], out=hit[tile]))
-    if int(torch.count_nonzero(candidates)) > cfg.sparse_max_density * c * n:
-        return row_lse, None
-    rows, cols = candidates.nonzero(as_tuple=True)
-    floor = math.sqrt(cfg.affinity_floor)
-    # a - f = sqrt(row-softmax * column-softmax) - f at the candidates, every temperature
-    log_aff = u[rows, cols][None, :] * -kappas
-    log_aff.sub_(row_lse.index_select(1, rows), alpha=0.5).sub_(half_col_lse.index_select(1, cols))
-    excess = log_aff.exp_().sub_(floor)  # [T, candidates]
-    # a candidate may be above the floor at one temperature only: keep (t, entry) pairs > 0
-    temp, entry = (excess > 0).nonzero(as_tuple=True)  # sorted by t, then row: CSR order
-    values = excess[temp, entry]
-    stack_rows, cols = temp * c + rows[entry], cols[entry]  # rows of the [T * c, N] stack
-    is_neg = cols < n_neg
-    above_neg = values.new_zeros(t_count * c).index_add_(0, stack_rows, values * is_neg)
-    above_all = values.new_zeros(t_count * c).index_add_(0, stack_rows, values)
-    a_pos = above_all.sub_(above_neg).add_(floor * (n - n_neg))  # row sums of the affinities,
-    a_neg = above_neg.add_(floor * n_neg)  # floor included: [T * c]
-    # coefficients: negatives -a * A+, positives a * A- (released item 5)
-    values.mul_(torch.where(is_neg, -a_pos[stack_rows], a_neg[stack_rows]))
-    row_ends = torch.bincount(stack_rows, minlength=t_count * c).cumsum_(0)
-    crow = torch.cat([row_ends.new_zeros(1), row_ends])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        stacked = torch.sparse_csr_tensor(crow, cols, values, size=(t_count * c, n), check_invariants=False)
-    weighted = stacked @ targets  # [T * c, D]
-    weighted.add_(a_neg[:, None] * (floor * targets[n_neg:].sum(0))).sub_(a_pos[:, None] * (floor * targets[:n_neg].sum(0)))
-    return row_lse, weighted.view(t_count, c, -1)
-
-
-def _normalise_part_(logk: Tensor, u: Tensor, scratch: Tensor, kappa: float, cfg: DriftConfig, sign: float) -> None:
-    """Row-normalise one block (negatives or positives) of log k in place into signed weights.
-
-    ``row``: w = k / sum k (eq. 2-3). ``sharp``: w = k / sum K# with K#(r) = int_r^inf s k(s) ds
-    (Laplace: K# = k tau (r + tau); Gaussian: K# = tau^2 k), which makes V = grad log Z#.
-    """
-    u_min = u.amin(1, keepdim=True)
-    if cfg.normalization == "row":
-        lse = _lse_(scratch.copy_(logk), u_min * -kappa, dim=1)
-    elif cfg.kernel == "gaussian":  # log K# = log k + 2 log tau, tau^2 = 1 / (2 kappa)
-        lse = _lse_(scratch.copy_(logk), u_min * -kappa, dim=1) - math.log(2.0 * kappa)
-    else:  # Laplace: log K# = log k + log tau + log(r + tau), tau = 1 / kappa, maximal at min r
-        tau = 1.0 / kappa
-        # clamp keeps masked entries at log K# = -inf (finite + -inf) instead of inf - inf = NaN
-        torch.clamp(u, max=torch.finfo(u.dtype).max, out=scratch).add_(tau).log_().add_(logk)
-        lse = _lse_(scratch, u_min * -kappa + torch.log(u_min + tau), dim=1) + math.log(tau)
-    logk.sub_(lse[:, None]).exp_().mul_(sign)
+def shard_reduce(shard: RowShard | None, op: str, t: Tensor) -> Tensor:
+    """Reduce a per-process partial result across the shard's processes (identity without one);
+    ``op`` is ``"sum"`` or ``"logsumexp"``."""
+    return t if shard is None else getattr(shard, op)(t)

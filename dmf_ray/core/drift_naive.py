@@ -1,6 +1,6 @@
-"""A straightforward dense transcription of the authors' released drift (REFERENCE 1, items 1-6).
+"""A straightforward dense transcription of the authors' released drift_loss.py (lambertae/drifting).
 
-Why it exists: it is the oracle that `dmf_ray.core.drift` must match to float32 round-off under the
+Why it exists: it is the oracle that `dmf_ray.core.drift` and `drift_fast` must match to float32 round-off under the
 ``reference`` preset, and the in-process baseline the drift benchmarks compare against. It
 materialises every B x N matrix, concatenates coefficient blocks and loops over temperatures,
 exactly as the released code does; nothing in training uses it.

@@ -1,17 +1,16 @@
 """Drift families: other vector fields (and one potential) behind the same training loop.
 
-Why this module exists: in the Wasserstein-gradient-flow view (REFERENCE 1, Gretton et al.
-2026; seed 004) the drifting field is one member of a family of particle flows that all have
+Why this module exists: in the Wasserstein-gradient-flow view (Gretton et al. 2026) the
+drifting field is one member of a family of particle flows that all have
 the data distribution p as fixed point. Making the family one config key (``drift.family``)
 lets a sweep compare them with everything else held fixed:
 
-* ``drifting`` -- :func:`dmf_ray.core.drift.drift_field`, unchanged (same code path, bit-identical).
-* ``sharp`` -- Franz et al. 2026 (seed 003): the scalar potential
-  L(x) = sum_i [log Z#_q(x_i) - log Z#_p(x_i)], Z#(x) = sum_y K#(|x - y|),
-  K#(r) = int_r^inf s k(s) ds (Laplace: tau (r + tau) e^{-r/tau}; Gaussian: tau^2 k). Its
-  negative gradient is the ``normalization="sharp"`` drift of drift.py, so the generator can be
-  trained by plain backpropagation of L instead of the stop-gradient regression
-  (:func:`sharp_potential`).
+* ``drifting`` -- :func:`dmf_ray.core.drift_fast.drift_field`, unchanged.
+* ``sharp`` -- Franz et al. 2026: the scalar potential
+  L(x) = sum_i [log Z#_q(x_i) - log Z#_p(x_i)], Z#(x) = sum_y K#(|x - y|) (K# in
+  :func:`dmf_ray.core.drift.log_sharp_kernel`). Its negative gradient is the
+  ``normalization="sharp"`` drift, so the generator can be trained by plain backpropagation of
+  L instead of the stop-gradient regression (:func:`sharp_potential`).
 * ``kl_parzen`` -- KL flow with Parzen smoothing: V = tau^2 (grad log p_hat - grad log q_hat).
 * ``mmd`` -- MMD flow: V = tau^2 grad_x [mean_j k(x, y+_j) - mean_j k(x, y-_j)] (the witness).
 * ``sinkhorn`` -- debiased entropic OT: V(x_i) = T_{q->p}(x_i) - T_{q->q}(x_i), barycentric
@@ -33,7 +32,7 @@ mean(((x - sg(x + V)) / s)^2)):
   bandwidths and ``sinkhorn_epsilon`` are relative to it; the returned ``scale`` is the
   coordinate scale s / sqrt(D), floored like drift.py.
 * ``drift_norm``: each temperature's force (one term for ``sinkhorn``) is scaled to unit RMS in
-  the normalised coordinates, then the terms are summed -- the released item 6.
+  the normalised coordinates, then the terms are summed, as drift.py does.
 * ``self_negatives=False`` drops the negative (repulsion) term of ``kl_parzen``/``mmd`` and the
   debiasing term of ``sinkhorn``. ``normalization``, ``affinity_floor``, ``sparse_max_density`` and
   ``chunk_size`` only concern ``drifting`` (and ``sharp``, which always uses the sharp normalisation).
@@ -64,17 +63,20 @@ import torch
 from torch import Tensor
 
 from dmf_ray.core.drift import (
-    _SQ_DIST_EPS,
     FAMILIES,
+    SQ_DIST_EPS,
     DriftConfig,
     DriftResult,
     RowShard,
-    _check_shapes,
-    _force_rms,
-    _reduce,
-    _scales,
-    drift_field,
+    check_shapes,
+    force_rms,
+    log_sharp_kernel,
+    scales,
+    shard_reduce,
+    signed_block_weights,
 )
+from dmf_ray.core.drift_fast import drift_field
+from dmf_ray.core.geometry import sq_distances
 from dmf_ray.errors import ConfigError
 
 if TYPE_CHECKING:  # config imports drift (and may import this module): no runtime import
@@ -154,16 +156,6 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _sq_dist(a: Tensor, b: Tensor) -> Tensor:
-    """Squared distances [A, B] via one matrix product, clamped like drift.py.
-
-    The clamp keeps the self-distance a tiny positive number (no NaN from round-off or from the
-    gradient of sqrt at 0); pairs at the clamp are "coincident" (see ``_Block``).
-    """
-    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return sq.clamp_min(_SQ_DIST_EPS)
-
-
 @dataclass(frozen=True)
 class _Block:
     """One target set (the positives, or the generated batch itself) against the generated batch.
@@ -191,27 +183,27 @@ class _Geometry:
 
 
 def _geometry(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> _Geometry:
-    _check_shapes(gen, pos)
+    check_shapes(gen, pos)
     dtype = _work_dtype(gen)
     x = gen.detach().to(dtype)
     sets = [pos.detach().to(dtype)] + ([x] if cfg.self_negatives else [])  # the target set [gen | pos] of drift.py
-    sqs = [_sq_dist(x, y) for y in sets]
+    sqs = [sq_distances(x, y, floor=SQ_DIST_EPS) for y in sets]
     dists = [sq.sqrt() for sq in sqs]
     total = sum(dist.sum(dtype=torch.float64) for dist in dists)
     count = x.shape[0] * sum(y.shape[0] for y in sets)
-    dist_scale, coord_scale = _scales(total if cfg.distance_norm else None, count, x.shape[1], x)
+    dist_scale, coord_scale = scales(total if cfg.distance_norm else None, count, x.shape[1], x)
     blocks = [
-        _Block(y, sq, dist.div_(dist_scale), (sq > _SQ_DIST_EPS).to(dtype)) for y, sq, dist in zip(sets, sqs, dists)
+        _Block(y, sq, dist.div_(dist_scale), (sq > SQ_DIST_EPS).to(dtype)) for y, sq, dist in zip(sets, sqs, dists)
     ]
     return _Geometry(x, blocks[0], blocks[1] if cfg.self_negatives else None, dist_scale, coord_scale)
 
 
 def _finish(forces: Tensor, coord_scale: Tensor, cfg: DriftConfig) -> DriftResult:
     """Per-term forces [T, B, D] -> DriftResult, with drift.py's RMS diagnostic and drift_norm."""
-    force_rms = _force_rms(forces.square().mean(dim=(1, 2)), coord_scale)
+    rms = force_rms(forces.square().mean(dim=(1, 2)), coord_scale)
     if cfg.drift_norm:
-        forces = forces / force_rms[:, None, None]
-    return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=force_rms)
+        forces = forces / rms[:, None, None]
+    return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=rms)
 
 
 def _apply(coeff: Tensor, targets: Tensor, x: Tensor) -> Tensor:
@@ -378,15 +370,12 @@ def sharp_potential(
     gen_all: Tensor | None = None,
     shard: RowShard | None = None,
 ) -> SharpPotential:
-    """The conservative potential of the sharp normalisation (Franz et al. 2026; seed 003).
+    """The conservative potential of the sharp normalisation (Franz et al. 2026).
 
     Why: the row-normalised Laplace drift is not a gradient, so it can only be used as a
-    stop-gradient regression target. With K#(r) = int_r^inf s k(s) ds we have
-    grad_x K#(|x - y|) = k(|x - y|) (y - x), hence the sharp drift
-    V = sum_y k (y - x) / Z#_p - sum_y k (y - x) / Z#_q = grad log Z#_p - grad log Z#_q, and
-    L = sum_i [log Z#_q(x_i) - log Z#_p(x_i)] is a loss that plain SGD minimises.
-
-    Matching drift.py exactly:
+    stop-gradient regression target; the sharp drift is grad log Z#_p - grad log Z#_q
+    (:func:`dmf_ray.core.drift.log_sharp_kernel`), so L = sum_i [log Z#_q(x_i) - log Z#_p(x_i)]
+    is a loss that plain SGD minimises. Matching drift.py exactly:
 
     * Z#_p sums over the positives, Z#_q over the (stop-gradient) generated batch with the
       sample's own term removed (its index ``shard.rows.start + i`` in ``gen_all``).
@@ -403,7 +392,7 @@ def sharp_potential(
     ``shard`` the rows of it that are ``x`` (global sums are reduced through it). Float64 inputs
     stay float64, others are computed in float32.
     """
-    _check_shapes(x, pos)
+    check_shapes(x, pos)
     if not cfg.self_negatives:
         raise ValueError("the sharp potential needs the generated batch as negatives (self_negatives=True)")
     dtype = _work_dtype(x)
@@ -426,35 +415,25 @@ def sharp_potential(
     targets = torch.cat([negs, y])  # [N, D], negatives first as in drift.py
     n = targets.shape[0]
 
-    dist = _sq_dist(xw, targets).sqrt()  # carries the graph of x
-    total = _reduce(shard, "sum", dist.detach().sum(dtype=torch.float64))
-    dist_scale, coord_scale = _scales(total if cfg.distance_norm else None, b_total * n, d, x_fixed)
-    r = dist / dist_scale
-    self_mask = _diag_mask(xw.shape[0], n, offset, xw.device)
-    neg, pos_part = slice(0, b_total), slice(b_total, None)
+    dist = sq_distances(xw, targets, floor=SQ_DIST_EPS).sqrt()  # [b, N], carries the graph of x
+    total = shard_reduce(shard, "sum", dist.detach().sum(dtype=torch.float64))
+    dist_scale, coord_scale = scales(total if cfg.distance_norm else None, b_total * n, d, x_fixed)
+    r = dist / dist_scale  # [b, N]
+    self_mask = _diag_mask(xw.shape[0], n, offset, xw.device)  # [b, N]
 
     potentials, forces = [], []
     for tau in cfg.temperatures:
-        if cfg.kernel == "gaussian":  # K# = tau^2 k
-            log_k = r.square() * (-0.5 / (tau * tau))
-            log_ksharp = log_k + 2.0 * math.log(tau)
-        else:  # K# = tau (r + tau) k
-            log_k = r * (-1.0 / tau)
-            log_ksharp = log_k + math.log(tau) + torch.log(r + tau)
-        log_ksharp = log_ksharp.masked_fill(self_mask, -math.inf)
-        log_zq = torch.logsumexp(log_ksharp[:, neg], dim=1)
-        log_zp = torch.logsumexp(log_ksharp[:, pos_part], dim=1)
-        potentials.append((log_zq - log_zp).sum())
-        with torch.no_grad():  # the drift in closed form: weights k / Z#, per block
-            lk = log_k.detach().masked_fill(self_mask, -math.inf)
-            w_neg = (lk[:, neg] - log_zq.detach()[:, None]).exp()
-            w_pos = (lk[:, pos_part] - log_zp.detach()[:, None]).exp()
-            forces.append(_apply(w_pos, y, x_fixed) - _apply(w_neg, negs, x_fixed))
+        log_k = (r * (-1.0 / tau) if cfg.kernel == "laplace" else r.square() * (-0.5 / tau**2)).masked_fill(self_mask, -math.inf)
+        log_ksharp = log_sharp_kernel(log_k, r, tau, cfg.kernel)  # [b, N]
+        potentials.append((log_ksharp[:, :b_total].logsumexp(1) - log_ksharp[:, b_total:].logsumexp(1)).sum())
+        # its drift in closed form, the sharp weights of drift.drift_field
+        coeff = signed_block_weights(log_k.detach(), log_ksharp.detach(), b_total)  # [b, N]
+        forces.append(_apply(coeff, targets, x_fixed))
 
     forces_t = torch.stack(forces)  # [T, b, D]
-    mean_sq = _reduce(shard, "sum", forces_t.square().sum(dim=(1, 2))) / (b_total * d)
-    force_rms = _force_rms(mean_sq, coord_scale)
-    weights = 1.0 / force_rms if cfg.drift_norm else torch.ones_like(force_rms)
+    mean_sq = shard_reduce(shard, "sum", forces_t.square().sum(dim=(1, 2))) / (b_total * d)
+    rms = force_rms(mean_sq, coord_scale)
+    weights = 1.0 / rms if cfg.drift_norm else torch.ones_like(rms)
     loss = sum(w * p for w, p in zip(weights, potentials))
     drift = (forces_t * weights[:, None, None]).sum(0)
-    return SharpPotential(loss=loss, drift=drift, scale=coord_scale, dist_scale=dist_scale, force_rms=force_rms)
+    return SharpPotential(loss=loss, drift=drift, scale=coord_scale, dist_scale=dist_scale, force_rms=rms)

@@ -32,7 +32,7 @@ from dmf_ray.core import ofm
 from dmf_ray.eval import metrics
 from dmf_ray.trainer.config import OptimConfig, TrainConfig
 from dmf_ray.data.base import TranslationData, stream_generator
-from dmf_ray.core.drift import RowShard
+from dmf_ray.core.drift import RowShard, target_loss
 from dmf_ray.errors import TrainingDiverged
 from dmf_ray.core.families import family_drift, sharp_potential
 from dmf_ray.core.friction import VelocityBuffer, apply_friction, gamma
@@ -159,8 +159,7 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
             displacement, _ = apply_friction("first", g, drift, None)
         else:
             displacement = state.velocity.step(idx, drift, g, cfg.friction.order)
-        target = x_fixed + displacement
-        loss = ((x - target) / result.scale).square().mean()
+        loss = target_loss(x, displacement, result.scale)
 
     apply_update(state, cfg, loss)
     return StepStats(loss=loss.detach(), drift=drift, gamma=g)

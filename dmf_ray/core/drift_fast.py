@@ -1,0 +1,428 @@
+"""The drift of :func:`dmf_ray.core.drift.drift_field`, fast: same signature, same result.
+
+dmf_ray.core.drift states the algorithm densely; this module computes it with bounded memory
+and as few passes over the B x N kernel matrix (N = B + K + M targets) as possible. Training
+(dmf_ray.core.families.family_drift) and the benchmarks call this one; tests/test_drift.py
+checks that it equals the readable version, the naive oracle (dmf_ray.core.drift_naive) and
+itself across chunk sizes, shards and the sparse path. The machinery:
+
+* Row chunks. The kernel work runs in chunks of ``chunk_size`` generated rows (None: the
+  largest chunk within 1 GiB of chunk matrices). Peak extra memory is about
+  ``4 * chunk * N * (T + 2)`` bytes (distance, scratch and T stacked coefficient matrices) plus
+  ``4 * T * B * D`` bytes of per-temperature forces -- bounded by the chunk, never by B x N.
+  With several chunks the distances are recomputed once per pass (distance sum, column
+  log-sum-exp, forces) instead of being stored; a batch that fits one chunk computes them once.
+* One workspace. Fresh 100 MB tensors cost more in page faults than the arithmetic done on
+  them, so the chunk buffers are allocated once per call and every elementwise step writes
+  into them in place.
+* Fused log-sum-exp over cache-sized tiles. The kernel is monotone in u, so every slice's
+  maximum is known from one min of u; per row tile of about 4 MiB and temperature one fused
+  ``add`` (shift - kappa u), one in-place exp and one sum (CPU; CUDA runs one tile, since there
+  bandwidth, not cache, bounds these passes). Measured gains: benchmarks/RESULTS.md.
+* One stacked product. The coefficients of all temperatures are applied to the targets in one
+  [T * c, N] @ [N, D] product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i.
+* Sparse above-floor path (``bidirectional`` with a floor, CPU). Every affinity is the floor f
+  plus an excess r = max(a - f, 0). The floor part is a constant matrix, so its weighted sum is
+  a rank-one term (f times the column sums of the targets), and only the entries with r > 0
+  need the product. Few can: a_ij > f needs row-softmax x column-softmax > f^2, and since
+  sum_ij a_ij <= sqrt(B N) (Cauchy-Schwarz) at most sqrt(B N) / f entries exceed the floor. When
+  at most ``sparse_max_density`` of a chunk's entries are candidates (a bound test per
+  temperature), their coefficients go through one stacked sparse CSR product, otherwise the
+  dense product runs. The masks take ``2 * chunk * N`` bytes and the index arrays at most about
+  ``(20 + 60 T) * sparse_max_density * chunk * N``. CUDA always runs the dense product:
+  counting the candidates would cost a host sync per step.
+* Matmul precision. All elementwise math, softmaxes and accumulation are float32 (bf16/fp16
+  inputs are upcast). ``matmul_precision`` picks the products' input precision: ``fp32``
+  (exact), ``tf32`` (CUDA tensor cores for both products; same as fp32 on CPU) or ``bf16`` (the
+  coefficient-weighted sums in bfloat16, ``2 * chunk * N * T`` more bytes; the distances stay
+  fp32/tf32 because |x|^2 + |y|^2 - 2 x.y cancels). Measured errors: benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dmf_ray.core.drift import (
+    SQ_DIST_EPS,
+    DriftConfig,
+    DriftResult,
+    RowShard,
+    drift_targets,
+    force_rms,
+    kappas,
+    kernel_argument,
+    log_sharp_kernel,
+    make_drift_config,
+    scales,
+    shard_reduce,
+)
+from dmf_ray.core.geometry import sq_distances
+
+# Elements of the chunk matrices allowed by the automatic chunk size: 1 GiB of float32 over the
+# distance, scratch and stacked coefficient matrices together, so that the FFHQ-scale batch
+# (B = M = 4096, D = 512: 640 MiB) runs in one chunk.
+_AUTO_CHUNK_ELEMENTS = 2**28
+# Entries per row tile of the elementwise passes (4 MiB of float32: several passes over one
+# tile stay in the 2 MiB-per-core L2 / shared L3 of the machines we measured).
+_TILE_ELEMENTS = 2**20
+
+
+def compute_drift(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Tensor | None = None,
+    *,
+    preset: str | None = None,
+    **options: Any,
+) -> Tensor:
+    """Drift V (B, D) float32 of ``gen`` (B, D) against ``pos`` (M, D) and extra negatives ``neg``.
+
+    ``preset`` is ``"reference"``, ``"toy"`` or ``"paper"``; keyword options (see DriftConfig)
+    override it.
+    """
+    return drift_field(gen, pos, neg, make_drift_config(preset, **options)).drift
+
+
+def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, shard: RowShard | None = None) -> DriftResult:
+    """:func:`dmf_ray.core.drift.drift_field`, chunked (module docstring)."""
+    x_all, targets, n_neg = drift_targets(gen, pos, neg, cfg)
+    b_total, d = x_all.shape
+    rows = shard.rows if shard is not None else slice(0, b_total)
+    x = x_all[rows]
+    b, first = x.shape[0], rows.start or 0
+    n = targets.shape[0]
+    chunk = _chunk_rows(cfg, b, n)
+    ws = _Workspace(chunk, n, len(cfg.temperatures), x.device, cfg.matmul_precision)
+    starts = range(first, first + b, chunk)  # global row indices (the self-mask needs them)
+
+    def local(start: int) -> slice:
+        return slice(start - first, start - first + chunk)
+
+    # Pass 1: the distance scale (mean over the whole B x N matrix, self-distances included).
+    cached: Tensor | None = None
+    total: Tensor | None = None
+    if cfg.distance_norm:
+        if chunk >= b:
+            cached = ws.distances(x, targets)
+            total = _float64_total(cached)
+        else:
+            total = sum(_float64_total(ws.distances(x[local(s)], targets)) for s in starts)
+        total = shard_reduce(shard, "sum", total)
+    dist_scale, coord_scale = scales(total, b_total * n, d, x)
+    if chunk >= b:
+        cached = kernel_argument(cached if cached is not None else ws.distances(x, targets), first, dist_scale, cfg)
+
+    def kernel_args(start: int) -> Tensor:
+        if cached is not None:
+            return cached
+        dist = ws.distances(x[local(start)], targets)
+        return kernel_argument(dist, start, dist_scale, cfg)
+
+    # Pass 2 (bidirectional only): column log-sum-exp over ALL generated rows.
+    half_col_lse = None
+    if cfg.normalization == "bidirectional":
+        col_lse = torch.full((len(cfg.temperatures), n), -math.inf, device=x.device)
+        for start in starts:
+            col_lse = torch.logaddexp(col_lse, _column_logsumexp(kernel_args(start), cfg, ws))
+        half_col_lse = shard_reduce(shard, "logsumexp", col_lse).mul_(0.5)
+
+    # Pass 3: per-temperature forces, chunk by chunk.
+    forces = x.new_empty(len(cfg.temperatures), b, d)  # [T, B, D], input coordinates
+    for start in starts:
+        forces[:, local(start)] = _chunk_forces(x[local(start)], targets, kernel_args(start), n_neg, cfg, ws, half_col_lse)
+
+    mean_sq = shard_reduce(shard, "sum", forces.square().sum(dim=(1, 2))) / (b_total * d)
+    rms = force_rms(mean_sq, coord_scale)
+    if cfg.drift_norm:
+        # Unit RMS in normalised coordinates, mapped back: s * (G / s) / rms = G / rms.
+        forces.div_(rms[:, None, None])
+    return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=rms)
+
+
+
+
+def _chunk_rows(cfg: DriftConfig, b: int, n: int) -> int:
+    """Generated rows per chunk: the configured size or the largest within the budget."""
+    if cfg.chunk_size is not None:
+        return min(int(cfg.chunk_size), b)
+    per_row = n * (len(cfg.temperatures) + 2)
+    return max(1, min(b, _AUTO_CHUNK_ELEMENTS // per_row))
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 tensor-core matmuls on CUDA inside the block (no effect on CPU), restored after."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _float64_total(m: Tensor) -> Tensor:
+    """Sum of a float32 matrix: rows summed in float32 (pairwise, in cache), rows in float64.
+
+    ``m.sum(dtype=float64)`` converts the whole matrix first, which costs more than the sum.
+    """
+    return m.sum(1).sum(dtype=torch.float64)
+
+
+
+class _Workspace:
+    """Chunk-sized buffers reused across chunks and passes.
+
+    Fresh 100 MB tensors cost more in page faults than the arithmetic done on them, so the
+    distance matrix, one scratch matrix and the stacked coefficient matrices (or the sparse
+    path's masks) are allocated once per call and every elementwise step writes into them in
+    place.
+    """
+
+    def __init__(self, chunk: int, n: int, n_temps: int, device: torch.device, precision: str = "fp32") -> None:
+        self.n = n
+        self.n_temps = n_temps
+        self.precision = precision
+        self.chunk = chunk
+        self.device = device
+        self._dist = torch.empty(chunk * n, device=device)
+        self._scratch = torch.empty(chunk * n, device=device)
+        # allocated on first use: a call served by the sparse floor path needs masks, not these
+        self._coeff: Tensor | None = None
+        self._masks: Tensor | None = None
+        self._coeff_bf16: Tensor | None = None
+        self._targets_bf16: Tensor | None = None
+
+    def weighted_sums(self, coeff: Tensor, targets: Tensor) -> Tensor:
+        """coeff [R, N] @ targets [N, D] in float32, the product itself at ``precision``.
+
+        ``bf16``: both operands rounded to bfloat16 (coefficients are in [-1, 1] and summed
+        over N terms with float32 accumulation inside the matmul), result back in float32.
+        The distances are never computed in bf16: |x|^2 + |y|^2 - 2 x.y cancels.
+        """
+        if self.precision != "bf16":
+            with _tf32(self.precision == "tf32"):
+                return torch.mm(coeff, targets)
+        if self._targets_bf16 is None:
+            self._targets_bf16 = targets.to(torch.bfloat16)
+        if self._coeff_bf16 is None:
+            self._coeff_bf16 = torch.empty(self.n_temps * self.chunk * self.n, device=self.device, dtype=torch.bfloat16)
+        low = self._coeff_bf16[: coeff.numel()].view(coeff.shape).copy_(coeff)
+        return torch.mm(low, self._targets_bf16).float()
+
+    def distances(self, x_rows: Tensor, targets: Tensor) -> Tensor:
+        """Euclidean distances [c, N] (|x|^2 + |y|^2 - 2 x.y, one matrix product)."""
+        c = x_rows.shape[0]
+        out = self._dist[: c * self.n].view(c, self.n)
+        with _tf32(self.precision == "tf32"):
+            return sq_distances(x_rows, targets, floor=SQ_DIST_EPS, out=out).sqrt_()
+
+    def scratch(self, c: int) -> Tensor:
+        return self._scratch[: c * self.n].view(c, self.n)
+
+    def masks(self, c: int) -> Tensor:
+        """Two boolean [c, N] matrices (the sparse floor path's candidates and a scratch mask)."""
+        if self._masks is None:
+            self._masks = torch.empty(2 * self.chunk * self.n, device=self.device, dtype=torch.bool)
+        return self._masks[: 2 * c * self.n].view(2, c, self.n)
+
+    def coeff(self, c: int) -> Tensor:
+        if self._coeff is None:
+            self._coeff = torch.empty(self.n_temps * self.chunk * self.n, device=self.device)
+        return self._coeff[: self.n_temps * c * self.n].view(self.n_temps, c, self.n)
+
+
+
+def _lse_(buf: Tensor, shift: Tensor, dim: int) -> Tensor:
+    """log-sum-exp of ``buf`` along ``dim`` given each slice's maximum ``shift``; destroys buf.
+
+    The kernel is monotone in u, so every maximum is known from one min of u and no separate
+    max pass is needed.
+    """
+    shift = shift.clamp_min(torch.finfo(buf.dtype).min)  # a fully masked slice has max -inf
+    buf.sub_(shift).exp_()
+    return buf.sum(dim).log_().add_(shift.squeeze(dim))
+
+
+def _row_tiles(u: Tensor) -> list[slice]:
+    """Row slices of about ``_TILE_ELEMENTS`` entries: several passes over one tile stay in cache.
+
+    CPU only: on CUDA one slice, since each tile costs kernel launches and the device's
+    bandwidth, not its cache, bounds these passes.
+    """
+    rows, n = u.shape
+    if u.device.type != "cpu":
+        return [slice(0, rows)]
+    step = max(1, _TILE_ELEMENTS // max(n, 1))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _kernel_lse(u: Tensor, kappas: list[float], dim: int, scratch: Tensor) -> Tensor:
+    """log sum exp(-kappa * u) along ``dim`` for every kappa: [T, c] (dim 1) or [T, N] (dim 0).
+
+    Each slice is shifted by its minimum of u (its kernel maximum; a fully masked slice,
+    u = inf, gives -inf), then fused per row tile (module docstring).
+    """
+    u_min = u.amin(dim, keepdim=True)
+    finite = torch.finfo(u.dtype).max
+    shifts = [(u_min * kappa).clamp_max_(finite) for kappa in kappas]
+    tiles = _row_tiles(u)
+    sums = [[] for _ in kappas]
+    for tile in tiles:
+        buf = scratch[tile]
+        for t, kappa in enumerate(kappas):
+            shift = shifts[t][tile] if dim == 1 else shifts[t]
+            torch.add(shift, u[tile], alpha=-kappa, out=buf).exp_()
+            sums[t].append(buf.sum(dim))
+    total = [torch.cat(parts) if dim == 1 else torch.stack(parts).sum(0) for parts in sums]
+    return torch.stack([tot.log_().sub_(shift.squeeze(dim)) for tot, shift in zip(total, shifts)])
+
+
+def _column_logsumexp(u: Tensor, cfg: DriftConfig, ws: _Workspace) -> Tensor:
+    """log sum_i k(x_i, y_j) over this chunk's rows, per temperature: [T, N]."""
+    return _kernel_lse(u, kappas(cfg), 0, ws.scratch(u.shape[0]))
+
+
+def _chunk_forces(
+    x_rows: Tensor,
+    targets: Tensor,
+    u: Tensor,
+    n_neg: int,
+    cfg: DriftConfig,
+    ws: _Workspace,
+    half_col_lse: Tensor | None,
+) -> Tensor:
+    """Per-temperature forces [T, c, D] for one chunk, in input coordinates.
+
+    Builds the coefficient matrices c_ij of all temperatures in place, then applies them in one
+    stacked product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i. The bidirectional form first
+    tries the sparse above-floor product (:func:`_sparse_floor_forces`).
+    """
+    c = u.shape[0]
+    scratch = ws.scratch(c)
+    neg, pos = slice(0, n_neg), slice(n_neg, None)
+    if cfg.normalization == "bidirectional":
+        if _sparse_floor_eligible(cfg, u):
+            row_lse, sparse = _sparse_floor_forces(targets, u, n_neg, cfg, ws, half_col_lse)
+            if sparse is not None:
+                return sparse
+        else:
+            row_lse = _kernel_lse(u, kappas(cfg), 1, scratch)  # [T, c]
+    coeff = ws.coeff(c)  # [T, c, N]
+    for t, kappa in enumerate(kappas(cfg)):
+        logk = torch.mul(u, -kappa, out=coeff[t])  # [c, N]
+        if cfg.normalization == "bidirectional":
+            # log sqrt(row-softmax * col-softmax) = log k - row_lse / 2 - col_lse / 2
+            logk.sub_(row_lse[t].mul(0.5)[:, None]).sub_(half_col_lse[t][None, :]).exp_()
+            aff = logk.clamp_min_(math.sqrt(cfg.affinity_floor))
+            sum_neg = aff[:, neg].sum(1, keepdim=True)
+            sum_pos = aff[:, pos].sum(1, keepdim=True)
+            aff[:, neg].mul_(sum_pos.neg_())  # repel negatives, weighted by total attraction
+            aff[:, pos].mul_(sum_neg)  # attract positives, weighted by total repulsion
+        else:
+            for part, sign in ((neg, -1.0), (pos, 1.0)):
+                if logk[:, part].shape[1] > 0:  # the row form may run without negatives
+                    _normalise_part_(logk[:, part], u[:, part], scratch[:, part], t, cfg, sign)
+    t_count = coeff.shape[0]
+    weighted = ws.weighted_sums(coeff.view(t_count * c, -1), targets).view(t_count, c, -1)  # one product
+    return weighted.sub_(coeff.sum(2, keepdim=True) * x_rows[None])
+
+
+def _sparse_floor_eligible(cfg: DriftConfig, u: Tensor) -> bool:
+    """The sparse path needs a floor, a host-side entry count (CPU) and fp32 products."""
+    return (
+        cfg.affinity_floor > 0.0
+        and cfg.sparse_max_density > 0.0
+        and u.device.type == "cpu"
+        and cfg.matmul_precision != "bf16"
+    )
+
+
+def _sparse_floor_forces(
+    targets: Tensor,
+    u: Tensor,
+    n_neg: int,
+    cfg: DriftConfig,
+    ws: _Workspace,
+    half_col_lse: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """Row log-sum-exp [T, c] and the bidirectional forces [T, c, D] from the entries above the
+    affinity floor only; exact.
+
+    With floor f = sqrt(affinity_floor), every affinity is a = f + r with r = max(a - f, 0).
+    The floor part is a constant matrix, so its weighted sum is f times a column sum of the
+    targets (rank one), and only r needs a product. r is sparse: a_ij > f needs
+    row-softmax x column-softmax > f^2, i.e. u_ij below a row part plus a column part for some
+    temperature; by Cauchy-Schwarz sum_ij a_ij <= sqrt(B N), so at most sqrt(B N) / f entries
+    can exceed the floor -- a fraction 1e3 / sqrt(B N) of the matrix at the released floor
+    (35% at B = M = 2048, 4% at B = M = 16384), and far fewer on real data
+    (benchmarks/RESULTS.md). The coefficient row sums cancel exactly (-A+ A- + A- A+ = 0), so
+    no x_i term remains. The row log-sum-exp and the candidate test share one pass over
+    cache-sized tiles of u.
+
+    The forces are None when more than ``sparse_max_density`` of the chunk's entries are
+    candidates; the caller then runs the dense product with the returned row log-sum-exp.
+    """
+    c, n = u.shape
+    t_count = len(cfg.temperatures)
+    kappa = torch.tensor(kappas(cfg), device=u.device)[:, None]  # [T, 1]
+    # a_ij > f  <=>  -2 kappa u_ij - row_lse_i - col_lse_j > log(affinity_floor)
+    #           <=>  u_ij < row_part_i + col_part_j   (for at least one temperature)
+    col_part = (-2.0 * half_col_lse - math.log(cfg.affinity_floor)) / (2.0 * kappa)  # [T, N]
+    row_lse = u.new_empty(t_count, c)
+    bound, (candidates, hit) = ws.scratch(c), ws.masks(c)
+    for tile in _row_tiles(u):
+        row_lse[:, tile] = _kernel_lse(u[tile], kappas(cfg), 1, bound[tile])
+        row_part = -row_lse[:, tile] / (2.0 * kappa)  # [T, tile]
+        for t in range(t_count):
+            torch.add(row_part[t, :, None], col_part[t][None, :], out=bound[tile])
+            if t == 0:
+                torch.lt(u[tile], bound[tile], out=candidates[tile])
+            else:
+                candidates[tile].logical_or_(torch.lt(u[tile], bound[tile], out=hit[tile]))
+    if int(torch.count_nonzero(candidates)) > cfg.sparse_max_density * c * n:
+        return row_lse, None
+    rows, cols = candidates.nonzero(as_tuple=True)
+    floor = math.sqrt(cfg.affinity_floor)
+    # a - f = sqrt(row-softmax * column-softmax) - f at the candidates, every temperature
+    log_aff = u[rows, cols][None, :] * -kappa
+    log_aff.sub_(row_lse.index_select(1, rows), alpha=0.5).sub_(half_col_lse.index_select(1, cols))
+    excess = log_aff.exp_().sub_(floor)  # [T, candidates]
+    # a candidate may be above the floor at one temperature only: keep (t, entry) pairs > 0
+    temp, entry = (excess > 0).nonzero(as_tuple=True)  # sorted by t, then row: CSR order
+    values = excess[temp, entry]
+    stack_rows, cols = temp * c + rows[entry], cols[entry]  # rows of the [T * c, N] stack
+    is_neg = cols < n_neg
+    above_neg = values.new_zeros(t_count * c).index_add_(0, stack_rows, values * is_neg)
+    above_all = values.new_zeros(t_count * c).index_add_(0, stack_rows, values)
+    a_pos = above_all.sub_(above_neg).add_(floor * (n - n_neg))  # row sums of the affinities,
+    a_neg = above_neg.add_(floor * n_neg)  # floor included: [T * c]
+    # coefficients: negatives -a * A+, positives a * A- (as released)
+    values.mul_(torch.where(is_neg, -a_pos[stack_rows], a_neg[stack_rows]))
+    row_ends = torch.bincount(stack_rows, minlength=t_count * c).cumsum_(0)
+    crow = torch.cat([row_ends.new_zeros(1), row_ends])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        stacked = torch.sparse_csr_tensor(crow, cols, values, size=(t_count * c, n), check_invariants=False)
+    weighted = stacked @ targets  # [T * c, D]
+    weighted.add_(a_neg[:, None] * (floor * targets[n_neg:].sum(0))).sub_(a_pos[:, None] * (floor * targets[:n_neg].sum(0)))
+    return row_lse, weighted.view(t_count, c, -1)
+
+
+def _normalise_part_(logk: Tensor, u: Tensor, scratch: Tensor, t: int, cfg: DriftConfig, sign: float) -> None:
+    """Normalise one block (negatives or positives) of temperature ``t``'s log k in place into
+    signed weights: k / sum k (``row``) or k / sum K# (``sharp``, drift.log_sharp_kernel)."""
+    if cfg.normalization == "row":
+        lse = _lse_(scratch.copy_(logk), u.amin(1, keepdim=True) * -kappas(cfg)[t], dim=1)
+    else:
+        lse = log_sharp_kernel(logk, u, cfg.temperatures[t], cfg.kernel).logsumexp(1)
+    logk.sub_(lse[:, None]).exp_().mul_(sign)
