@@ -8,7 +8,7 @@
 ``generator.safetensors`` file). The input must be a 2-D float array (float16/32/64) stored
 without pickle, as wide as the model's input, with finite values; the output is float32.
 Bad input exits 2 with one line on stderr naming the file or field and writes nothing; the
-output appears (atomically: temp file + rename) only after a successful translation.
+output appears (atomically, :mod:`dmf_ray.files`) only after a successful translation.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.data.npy import open_npy
 from dmf_ray.errors import ConfigError, DataError
+from dmf_ray.files import atomic_write
 from dmf_ray.serving.inference import check_float_matrix
 
 
@@ -54,17 +54,9 @@ def read_input(path: Path) -> np.ndarray:
     return x
 
 
-def write_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temp file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as fh:  # a file handle, so np.save does not append ".npy" to the name
+        np.save(fh, array, allow_pickle=False)
 
 
 def _resolve_tracking_uri(value: str | None) -> str:
@@ -107,7 +99,7 @@ def run(argv: Sequence[str] | None = None) -> str:
     except ValueError as exc:  # e.g. float64 values beyond float32's range become inf
         raise DataError(in_path, str(exc)) from None
     try:
-        write_atomic(out_path, y)
+        atomic_write(out_path, lambda tmp: _save_npy(tmp, y))
     except OSError as exc:
         raise DataError(out_path, f"cannot write ({exc.strerror or exc})") from None
     dt = time.perf_counter() - t0

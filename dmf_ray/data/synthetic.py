@@ -11,9 +11,7 @@ Usage: python -m dmf_ray.data.synthetic --out DIR [--rows 70000] [--dim 512] [--
 
 from __future__ import annotations
 
-import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 from dmf_ray.data.ffhq_alae import AGE_FILE, GENDER_FILE, LATENTS_FILE, UNKNOWN_AGE, train_rows
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError
+from dmf_ray.files import atomic_write
 
 NOTICE_FILE = "SYNTHETIC.txt"
 MIN_ROWS = 14  # the smallest N whose test split (N - round(6N/7) >= 2 rows) holds every group
@@ -87,9 +86,8 @@ def _check_args(rows: int, dim: int, seed: int) -> None:
 def write_synthetic_ffhq(out: Path, rows: int, dim: int, seed: int, force: bool = False) -> Path:
     """Write the synthetic folder at `out` atomically and return `out`.
 
-    All files go to a temporary sibling folder that is renamed into place at the end, so an
-    interrupted run leaves nothing half-written at `out`. An existing non-empty `out` is refused
-    (ConfigError) unless `force`, in which case it is replaced.
+    All files go to a sibling folder renamed into place at the end (:func:`dmf_ray.files.atomic_write`).
+    An existing non-empty `out` is refused (ConfigError) unless `force`, in which case it is replaced.
     """
     _check_args(rows, dim, seed)
     out = Path(out)
@@ -97,24 +95,19 @@ def write_synthetic_ffhq(out: Path, rows: int, dim: int, seed: int, force: bool 
         raise ConfigError("--out", f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError("--out", f"{out} is not empty (pass --force to replace it)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()  # unlike mkdtemp's 0700, honours the umask like any folder the user makes
-    except OSError as error:
-        raise ConfigError("--out", f"cannot write next to {out}: {error.strerror or error}") from None
-    try:
+
+    def write(staging: Path) -> None:
+        staging.mkdir()
         latents, age, gender = synthetic_arrays(rows, dim, seed)
         np.save(staging / LATENTS_FILE, latents)
         np.save(staging / AGE_FILE, age)
         np.save(staging / GENDER_FILE, gender)
         (staging / NOTICE_FILE).write_text(NOTICE.format(rows=rows, dim=dim, seed=seed))
-        if out.is_dir():  # empty, or being replaced under --force
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    try:
+        atomic_write(out, write)
+    except OSError as error:
+        raise ConfigError("--out", f"cannot write {out}: {error.strerror or error}") from None
     return out
 
 

@@ -10,9 +10,7 @@ Restoring all of it makes a resumed CPU run bit-identical to an uninterrupted on
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from dmf_ray.trainer.config import TrainConfig, train_config_from_dict
 from dmf_ray.trainer.engine import TrainState, unwrap_model
 from dmf_ray.errors import DataError
+from dmf_ray.files import atomic_write
 
 FORMAT_VERSION = "1"
 _META_KEY = "dmf_ray.trainer.checkpoint"
@@ -34,9 +33,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig) -> Path:
-    """Write ``state`` atomically (temp file + rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` atomically (:mod:`dmf_ray.files`) so a crash never leaves half a file."""
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().cpu().contiguous() for k, v in unwrap_model(state.model).state_dict().items()
     }
@@ -55,15 +52,7 @@ def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig) -> Pa
         "scheduler": state.scheduler.state_dict(),  # plain numbers; lr_lambdas is [None] for functions
         "history": state.history,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -131,8 +120,8 @@ def save_rank_state(path: str | Path, state: TrainState) -> Path:
     tensors = {"rng": state.rng.get_state()}
     if state.velocity is not None:
         tensors["velocity"] = state.velocity.state_dict()["velocity"].cpu().contiguous()
-    save_file(tensors, str(path), metadata={_META_KEY: json.dumps({"version": FORMAT_VERSION, "rank_state": True})})
-    return Path(path)
+    meta = {_META_KEY: json.dumps({"version": FORMAT_VERSION, "rank_state": True})}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def restore_rank_state(state: TrainState, path: str | Path) -> None:
