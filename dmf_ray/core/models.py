@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dmf_ray.errors import ConfigError, DataError
+from dmf_ray.files import atomic_write
 
 GeneratorKind = Literal["residual", "noise", "icnn"]
 Activation = Literal["silu", "gelu", "relu", "tanh"]
@@ -276,8 +276,8 @@ def save_generator(model: nn.Module, cfg: GeneratorConfig, path: str | os.PathLi
 
     The weights must be exactly those of ``build_generator(cfg)`` (same names and shapes); a
     mismatch -- a wrapped model (DDP, torch.compile) or the wrong config -- fails here rather
-    than when someone tries to load the file. The file is written next to ``path`` and moved in
-    with ``os.replace``, so a crash never leaves a half-written checkpoint under ``path``.
+    than when someone tries to load the file. Written with :func:`dmf_ray.files.atomic_write`, so a
+    crash never leaves a half-written checkpoint under ``path``.
     """
     path = Path(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -294,15 +294,7 @@ def save_generator(model: nn.Module, cfg: GeneratorConfig, path: str | os.PathLi
         CONFIG_METADATA_KEY: json.dumps(cfg.to_dict(), sort_keys=True),
         VERSION_METADATA_KEY: FORMAT_VERSION,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_generator(
