@@ -180,13 +180,9 @@ def _float64_total(m: Tensor) -> Tensor:
 
 
 class _Workspace:
-    """Chunk-sized buffers reused across chunks and passes.
-
-    Fresh 100 MB tensors cost more in page faults than the arithmetic done on them, so the
-    distance matrix, one scratch matrix and the stacked coefficient matrices (or the sparse
-    path's masks) are allocated once per call and every elementwise step writes into them in
-    place.
-    """
+    """Chunk-sized buffers reused across chunks and passes (module docstring): the distance
+    matrix, one scratch matrix and, on first use, the stacked coefficient matrices or the
+    sparse path's masks."""
 
     def __init__(self, chunk: int, n: int, n_temps: int, device: torch.device, precision: str = "fp32") -> None:
         self.n = n
@@ -356,17 +352,11 @@ def _sparse_floor_forces(
     half_col_lse: Tensor,
 ) -> tuple[Tensor, Tensor | None]:
     """Row log-sum-exp [T, c] and the bidirectional forces [T, c, D] from the entries above the
-    affinity floor only; exact.
+    affinity floor only; exact (module docstring: the floor's share is a rank-one term).
 
-    With floor f = sqrt(affinity_floor), every affinity is a = f + r with r = max(a - f, 0).
-    The floor part is a constant matrix, so its weighted sum is f times a column sum of the
-    targets (rank one), and only r needs a product. r is sparse: a_ij > f needs
-    row-softmax x column-softmax > f^2, i.e. u_ij below a row part plus a column part for some
-    temperature; by Cauchy-Schwarz sum_ij a_ij <= sqrt(B N), so at most sqrt(B N) / f entries
-    can exceed the floor -- a fraction 1e3 / sqrt(B N) of the matrix at the released floor
-    (35% at B = M = 2048, 4% at B = M = 16384), and far fewer on real data
-    (benchmarks/RESULTS.md). The coefficient row sums cancel exactly (-A+ A- + A- A+ = 0), so
-    no x_i term remains. The row log-sum-exp and the candidate test share one pass over
+    A candidate is an entry with u_ij below a row part plus a column part for some temperature
+    (the bound below). The coefficient row sums cancel exactly (-A+ A- + A- A+ = 0), so no
+    x_i term remains. The row log-sum-exp and the candidate test share one pass over
     cache-sized tiles of u.
 
     The forces are None when more than ``sparse_max_density`` of the chunk's entries are
