@@ -47,7 +47,7 @@ def fit_seconds(over: dict, workers: int, storage: Path) -> float:
     cfg = load_train_config(None, over)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"train": cfg.to_dict()},
+        train_loop_config={"train": cfg},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": CPUS // workers}),
         run_config=ray.train.RunConfig(storage_path=str(storage), name=f"w{workers}-{time.time_ns()}"),
     )
@@ -62,8 +62,9 @@ def tune_seconds(over: dict, storage: Path) -> float:
         "resources": {"workers": 1, "cpus_per_worker": CPUS, "gpus_per_worker": 0},
         "fixed": over, "params": {"seed": {"type": "categorical", "choices": [0]}},
     })
-    plan = SweepPlan(spec=spec, base=dict(over), name=f"bench-{time.time_ns()}", storage_path=str(storage),
-                     tracking_uri=tracking_uri_for(None, storage), experiment="bench", model_name="bench", dataset="toy")
+    plan = SweepPlan(spec=spec, base=dict(over), base_config=load_train_config(None, over), name=f"bench-{time.time_ns()}",
+                     storage_path=str(storage), tracking_uri=tracking_uri_for(None, storage), experiment="bench",
+                     model_name="bench")
     start = time.perf_counter()
     build_tuner(plan, resume=False).fit()
     return time.perf_counter() - start

@@ -30,10 +30,9 @@ def sweep_once(space: str, samples: int, concurrent: int, cpus: float, gpus: flo
     if gpus is not None:
         argv += ["--gpus-per-worker", str(gpus)]
     start = time.perf_counter()
-    result = run(argv)
+    trials = run(argv).trials
     wall = time.perf_counter() - start
-    rows = result["rows"]
-    return wall, len(rows), sum(int(r.step) for r in rows)
+    return wall, len(trials), int(trials["step"].sum())
 
 
 def main() -> None:

@@ -10,20 +10,22 @@ store under ``runs/sweeps``. Bad input exits 2 with one line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, DataError, UserInputError
-from dmf_ray.platform.registry import default_model_name
+from dmf_ray.platform.registry import dataset_label, default_model_name
 from dmf_ray.platform.search_space import MIN_CPUS_PER_WORKER, SearchSpec, load_search_space
 from dmf_ray.platform.tracking import check_tracking_server, tracking_uri_for
+
+if TYPE_CHECKING:  # Ray is slow to import: the sweep module loads only once the input is valid
+    from dmf_ray.platform.sweep import SweepOutcome, SweepPlan
 
 DEFAULT_STORAGE = "runs/sweeps"
 DEFAULT_EXPERIMENT = "dmf-sweeps"
@@ -93,14 +95,6 @@ def base_overrides(spec: SearchSpec, args: argparse.Namespace) -> dict[str, Any]
     return base
 
 
-def dataset_label(data: Any) -> str:
-    if data.name == "ffhq-alae":
-        return f"ffhq-alae/{data.direction}"
-    if data.name == "gaussian-ot":
-        return f"gaussian-ot/d{data.dim}"
-    return data.name
-
-
 def _sweep_name(args: argparse.Namespace, stem: str, label: str, storage: str) -> str:
     prefix = f"{stem}-{label.replace('/', '-')}"
     if args.name:
@@ -115,14 +109,13 @@ def _sweep_name(args: argparse.Namespace, stem: str, label: str, storage: str) -
     return found[-1]
 
 
-def make_plan(args: argparse.Namespace):
+def make_plan(args: argparse.Namespace) -> SweepPlan:
     """Validate everything and resolve defaults; nothing is started or written."""
     from dmf_ray.platform.sweep import SweepPlan
 
     space_path = Path(args.space)
     spec = spec_with_flags(load_search_space(space_path), args)
     base = base_overrides(spec, args)
-    spec = replace(spec, fixed=base)  # the searcher returns the fixed keys as constants: flags must be in them
     cfg = load_train_config(None, base)
     load_dataset(cfg.data)  # data files are validated here, not inside a trial on a worker
     remote = "://" in args.storage_path
@@ -131,81 +124,45 @@ def make_plan(args: argparse.Namespace):
     storage = args.storage_path if remote else str(Path(args.storage_path).resolve())
     if remote and not args.tracking_uri:
         raise ConfigError("tracking-uri", "required when --storage-path is remote (an MLflow server the driver can reach, e.g. on the head node)")
-    tracking_uri = tracking_uri_for(args.tracking_uri, Path(storage) if not remote else Path.cwd())
     label = dataset_label(cfg.data)
     name = _sweep_name(args, space_path.stem, label, storage)
     if args.resume and not remote and not (Path(storage) / name).is_dir():
         raise UserInputError(f"{Path(storage) / name}: no sweep to resume")
     return SweepPlan(
-        spec=spec, base=base, name=name, storage_path=storage, tracking_uri=tracking_uri,
-        experiment=args.experiment, model_name=args.model_name or default_model_name(cfg.data.name, cfg.data.direction if cfg.data.name == "ffhq-alae" else None),
-        dataset=label,
+        spec=spec, base=base, base_config=cfg, name=name, storage_path=storage,
+        tracking_uri=tracking_uri_for(args.tracking_uri, Path(storage) if not remote else Path.cwd()),
+        experiment=args.experiment, address=args.address, shared_storage=args.shared_storage,
+        model_name=args.model_name or default_model_name(cfg.data.name, cfg.data.direction if cfg.data.name == "ffhq-alae" else None),
     )
 
 
-def require_reachable_storage(storage_path: str, shared: bool, joined: bool) -> None:
-    """Refuse a node-local storage folder on a multi-node cluster (REFERENCE 3).
+def run(argv: Sequence[str] | None = None) -> SweepOutcome:
+    """Parse ``argv``, validate, run the sweep, print the outcome and return it."""
+    from dmf_ray.platform.sweep import run_sweep
 
-    Train workers on other nodes write checkpoints there and the driver reads them back; a
-    folder only this machine has would silently split the results across nodes.
-    """
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if (joined or len(nodes) > 1) and "://" not in storage_path and not shared:
-        where = f"the cluster has {len(nodes)} nodes" if len(nodes) > 1 else "a cluster may add nodes (autoscaling)"
-        raise ConfigError(
-            "storage-path",
-            f"{storage_path} is a local folder but {where}: use storage every node reaches "
-            "(s3://bucket/path, gs://bucket/path) or pass --shared-storage for an NFS mount",
-        )
-
-
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     plan = make_plan(args)
-    check_tracking_server(plan.tracking_uri)
-
-    import ray
-
-    from dmf_ray.platform.sweep import RAY_ENV, build_tuner, close_open_runs, open_tracker, register_best, summarise, write_summary
-
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    ray.init(address=args.address or "local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
-    try:
-        require_reachable_storage(plan.storage_path, args.shared_storage, joined=args.address is not None)
-        grid = build_tuner(plan, args.resume).fit()
-    finally:
-        ray.shutdown()
-    rows = summarise(plan, grid)
-    out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
-    csv_path, md_path, best_params = write_summary(plan, rows, out_dir)
-    tracker = open_tracker(plan)
-    close_open_runs(plan, rows, tracker)
-    registered = register_best(plan, rows, tracker)
-    ok = [r for r in rows if r.status == "OK"]
-    tracker.finish_sweep("FINISHED", {"trials": len(rows), "failed_trials": len(rows) - len(ok),
-                                      **({f"best_{plan.spec.metric}": ok[0].metric} if ok else {})})
-    _print_report(plan, rows, csv_path, md_path, best_params, registered)
-    return {"plan": plan, "rows": rows, "registered": registered}
+    check_tracking_server(plan.tracking_uri)  # the last check: Ray starts only after it
+    outcome = run_sweep(plan, resume=args.resume)
+    print_outcome(outcome)
+    return outcome
 
 
-def _print_report(plan, rows, csv_path: Path, md_path: Path, best_params: Path | None, registered) -> None:
-    from dmf_ray.platform.sweep import markdown, summary_table
+def print_outcome(outcome: SweepOutcome) -> None:
+    from dmf_ray.platform.sweep import markdown
 
-    md = markdown(summary_table(plan, rows[:TOP_SHOWN]))
-    print(f"\nTop trials by {plan.spec.metric} ({plan.spec.mode}) of sweep {plan.name}:\n{md}")
-    print(f"All trials: {csv_path}  {md_path}")
-    if best_params is not None:
-        print(f"Best trial's searched keys: {best_params} "
+    plan = outcome.plan
+    print(f"\nTop trials by {plan.spec.metric} ({plan.spec.mode}) of sweep {plan.name}:\n{markdown(outcome.table.head(TOP_SHOWN))}")
+    print(f"All trials: {outcome.csv_path}  {outcome.md_path}")
+    if outcome.best_params_path is not None:
+        print(f"Best trial's searched keys: {outcome.best_params_path} "
               "(python -m dmf_ray.experiments.compare --methods dmf dmf-searched --searched <it>)")
-    if registered is None:
+    if outcome.registered is None:
         print("No trial finished all its steps: nothing registered.")
     else:
-        model_uri, outcome = registered
-        print(f"Best model: {model_uri} -> registered as {plan.model_name} version {outcome.version}")
-        verdict = "is the new champion" if outcome.became_champion else "did not beat the current champion"
+        model_uri, result = outcome.registered
+        print(f"Best model: {model_uri} -> registered as {plan.model_name} version {result.version}")
+        verdict = "is the new champion" if result.became_champion else "did not beat the current champion"
         print(f"It {verdict}: models:/{plan.model_name}@champion")
     print("\nBrowse the sweep:")
     print(f"  mlflow ui --backend-store-uri {plan.tracking_uri} --host 127.0.0.1 --port 5000")

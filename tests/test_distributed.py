@@ -97,7 +97,7 @@ def test_worker_loop_reports_metrics_with_safetensors_checkpoints(ray_session, t
     cfg = load_train_config(None, OVERRIDES)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"train": cfg.to_dict()},
+        train_loop_config={"train": cfg},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="loop"),
     )
@@ -111,7 +111,7 @@ def test_worker_loop_reports_metrics_with_safetensors_checkpoints(ray_session, t
     step2 = next(ckpt for ckpt, metrics in result.best_checkpoints if metrics["step"] == 2)
     resumed = TorchTrainer(
         worker_loop,
-        train_loop_config={"train": cfg.to_dict(), "resume_from": step2.path},
+        train_loop_config={"train": cfg, "resume_from": step2.path},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="loop-resumed"),
     ).fit()

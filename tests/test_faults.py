@@ -79,10 +79,10 @@ def test_train_workers_land_on_both_nodes_of_a_two_node_cluster(two_node_cluster
     assert tune_main(args) == 2  # a node-local folder is refused on a cluster ...
     assert "storage-path" in capsys.readouterr().err
     out = tune_run(args + ["--shared-storage"])  # ... unless declared shared (one machine here)
-    row = out["rows"][0]
-    assert row.status == "OK" and row.step == FIXED["steps"]
+    row = out.trials.iloc[0]
+    assert row["status"] == "OK" and row["step"] == FIXED["steps"]
     node_ids = {n.node_id for n in cluster.list_all_nodes()}
-    assert set(row.worker_nodes.split(",")) == node_ids
+    assert set(row["worker_nodes"].split(",")) == node_ids
 
 
 def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, tmp_path) -> None:
@@ -110,9 +110,9 @@ def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, tmp_pat
                     "--shared-storage", "--name", "lose"])
     remover.join(timeout=10)
     assert removed, "the test never removed the node"
-    assert [r.status for r in out["rows"]] == ["OK", "OK"]
-    assert all(r.step == 2000 for r in out["rows"])
-    runs = trial_runs(out["plan"])
+    assert list(out.trials["status"]) == ["OK", "OK"]
+    assert list(out.trials["step"]) == [2000, 2000]
+    runs = trial_runs(out.plan)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -137,11 +137,11 @@ def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorde
     out = tune_run(["--space", str(space), "--storage-path", str(storage), "--name", "kill"])
     killer.join(timeout=10)
     assert killed, "the test never killed a worker"
-    row = out["rows"][0]
-    assert row.status == "OK" and row.step == 400
-    (run,) = trial_runs(out["plan"])
+    row = out.trials.iloc[0]
+    assert row["status"] == "OK" and row["step"] == 400
+    (run,) = trial_runs(out.plan)
     assert run.info.status == "FINISHED"
-    client = mlflow.MlflowClient(out["plan"].tracking_uri)
+    client = mlflow.MlflowClient(out.plan.tracking_uri)
     assert len(client.get_metric_history(run.info.run_id, "final_fd")) == 1
 
 
@@ -153,16 +153,16 @@ def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path) -
     )
     out = tune_run(["--space", str(space), "--storage-path", str(tmp_path / "store"), "--name", "nan"])
     by_lr = {}
-    for row in out["rows"]:
-        by_lr.setdefault(row.params["optim.lr"], []).append(row)
+    for _, row in out.trials.iterrows():
+        by_lr.setdefault(row["params"]["optim.lr"], []).append(row)
     assert 1.0e6 in by_lr and 0.01 in by_lr, "the seeded sampler should try both learning rates"
-    assert all(r.status == "DIVERGED" for r in by_lr[1.0e6])
-    assert all(r.status == "OK" and r.step == 100 for r in by_lr[0.01])
-    runs = trial_runs(out["plan"])
+    assert all(r["status"] == "DIVERGED" for r in by_lr[1.0e6])
+    assert all(r["status"] == "OK" and r["step"] == 100 for r in by_lr[0.01])
+    runs = trial_runs(out.plan)
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert len(failed) == len(by_lr[1.0e6])
     assert all("diverged" in r.data.tags["dmf_ray.end_reason"] and "nan" in r.data.tags["dmf_ray.end_reason"] for r in failed)
-    assert out["registered"] is not None  # a healthy trial still became the champion
+    assert out.registered is not None  # a healthy trial still became the champion
 
 
 def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path) -> None:
@@ -187,8 +187,8 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
     before = {r.info.run_id: r.info.end_time for r in client.search_runs([exp.experiment_id])
               if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"}
     out = tune_run(args + ["--resume"])
-    runs = trial_runs(out["plan"])
-    tune_trials = sorted(row.trial_id for row in out["rows"])
+    runs = trial_runs(out.plan)
+    tune_trials = sorted(out.trials["trial_id"])
     kept = [r for r in runs if r.data.tags["dmf_ray.trial_id"] in tune_trials]
     assert sorted(r.data.tags["dmf_ray.trial_id"] for r in kept) == tune_trials  # one run per trial
     lost = [r for r in runs if r not in kept]  # started but never recorded by the killed driver's Tune

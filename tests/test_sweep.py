@@ -55,7 +55,7 @@ def sweep(tmp_path_factory):
 
 def test_sweep_tracks_every_trial_once_under_one_parent(sweep) -> None:
     root, out = sweep
-    plan = out["plan"]
+    plan = out.plan
     client = mlflow.MlflowClient(plan.tracking_uri)
     exp = client.get_experiment_by_name(plan.experiment)
     runs = client.search_runs([exp.experiment_id])
@@ -77,23 +77,33 @@ def test_sweep_tracks_every_trial_once_under_one_parent(sweep) -> None:
 
 def test_sweep_writes_top_trials_and_registers_a_champion(sweep) -> None:
     root, out = sweep
-    plan, rows = out["plan"], out["rows"]
-    assert (root / "store" / "tiny" / "top_trials.csv").is_file()
-    assert (root / "store" / "tiny" / "top_trials.md").read_text().count("\n") == len(rows) + 2
+    plan, trials = out.plan, out.trials
+    assert len(trials) == TINY_SPACE["num_samples"]
+    header = (root / "store" / "tiny" / "top_trials.csv").read_text().splitlines()[0].split(",")
+    searched = sorted({k for params in trials["params"] for k in params})
+    assert header == ["rank", "trial_id", "status", "step", "fd", *searched]
+    assert {"friction.schedule", "drift.temperatures"} <= set(searched)
+    assert (root / "store" / "tiny" / "top_trials.md").read_text().count("\n") == len(trials) + 2
     best = yaml.safe_load((root / "store" / "tiny" / "best_params.yaml").read_text())
-    ok = [r for r in rows if r.status == "OK"]
-    assert best == {k: list(v) if isinstance(v, tuple) else v for k, v in ok[0].params.items()} and best
-    model_uri, outcome = out["registered"]
+    assert best == out.best["params"] and best["drift.temperatures"] in ([0.2], [0.5])
+    model_uri, outcome = out.registered
     assert outcome.became_champion
     client = mlflow.MlflowClient(plan.tracking_uri)
     version = client.get_model_version_by_alias(plan.model_name, "champion")
     assert version.tags["dataset"] == "toy" and version.tags["metric"] == "fd"
-    assert float(version.tags["metric_value"]) == pytest.approx(rows[0].metric, rel=1e-6)
+    assert float(version.tags["metric_value"]) == pytest.approx(out.best["fd"], rel=1e-6)
+
+
+def test_trial_folders_are_named_by_trial_id(sweep) -> None:
+    root, out = sweep
+    folders = {p.name for p in (root / "store" / "tiny").iterdir() if p.is_dir()}
+    assert set(out.trials["trial_id"]) <= folders
+    assert set(out.trials["trial_id"]) <= {p.name for p in (root / "store" / "tiny" / "train_runs").iterdir()}
 
 
 def test_champion_translates_alike_via_cli_api_and_pyfunc(sweep, tmp_path) -> None:
     _, out = sweep
-    plan = out["plan"]
+    plan = out.plan
     uri = f"models:/{plan.model_name}@champion"
     x = np.random.default_rng(0).standard_normal((50, 2)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -137,7 +147,7 @@ def _chromium(*args: str, profile: Path) -> str:
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian chromium not installed (.ci/run installs it)")
 def test_mlflow_ui_shows_sweep_trial_plots_and_champion(sweep, tmp_path) -> None:
     _, out = sweep
-    plan = out["plan"]
+    plan = out.plan
     client = mlflow.MlflowClient(plan.tracking_uri)
     exp = client.get_experiment_by_name(plan.experiment)
     trial = next(r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"

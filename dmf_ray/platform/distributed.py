@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dmf_ray.trainer.checkpoint import restore_rank_state, restore_state, save_checkpoint, save_rank_state
-from dmf_ray.trainer.config import TrainConfig, train_config_from_dict
+from dmf_ray.trainer.config import TrainConfig
 from dmf_ray.data import load_dataset
 from dmf_ray.trainer.engine import TrainState, build_state, generator_config, unwrap_model
 from dmf_ray.trainer.run import run_training
@@ -83,14 +83,14 @@ def all_gather_rows(local: Tensor) -> tuple[Tensor, ProcessGroupShard]:
 def worker_loop(loop_config: dict[str, Any]) -> None:
     """The per-worker training function of ``TorchTrainer``.
 
-    ``loop_config``: ``{"train": <TrainConfig dict>, "resume_from": <checkpoint path, optional>}``.
-    A restarted worker group resumes from Train's latest checkpoint; otherwise ``resume_from``
-    (Train V2's replacement for ``resume_from_checkpoint``) seeds the run.
+    ``loop_config``: ``{"train": <TrainConfig>, "resume_from": <checkpoint path, optional>}``;
+    the config comes validated (the sweep builds it once per trial) and only gets this worker's
+    device. A restarted worker group resumes from Train's latest checkpoint; otherwise
+    ``resume_from`` (Train V2's replacement for ``resume_from_checkpoint``) seeds the run.
     """
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    cfg = replace(train_config_from_dict(loop_config["train"]), device=str(device))
+    cfg: TrainConfig = replace(loop_config["train"], device=str(ray.train.torch.get_device()))
     data = load_dataset(cfg.data)
     state = build_state(cfg, data, rank=rank)
     resume_from = ray.train.get_checkpoint()

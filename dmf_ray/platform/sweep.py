@@ -1,11 +1,30 @@
 """A DMF sweep: Optuna suggests, Tune schedules, each trial fits its own Ray Train run, MLflow records.
 
-Why this shape (REFERENCE 3, Ray 2.60 / Train V2): a Tune trial is a plain function that builds
-and fits a ``TorchTrainer`` over :func:`dmf_ray.platform.distributed.worker_loop`; a ``TuneReportCallback``
-forwards rank 0's reports (metrics plus the checkpoint path) so ASHA and Optuna see every
-evaluation. MLflow is written only on the driver by :class:`MLflowSweepCallback` -- one parent
-run per sweep, one nested run per trial, get-or-create by id so a resumed sweep adds no
-duplicates -- because Train workers opening the same sqlite store race.
+:func:`run_sweep` is the whole sweep for a validated :class:`SweepPlan`: start Ray, fit the Tuner,
+rank the trials, write the summary files, close what a crashed driver left open, register the
+champion, return a :class:`SweepOutcome`. The CLI (:mod:`dmf_ray.tune`) only builds the plan and
+prints the outcome.
+
+Why this shape (Ray Train V2, docs.ray.io "Hyperparameter Tuning with Ray Tune" in the Train
+guide): a Tune trial is a plain function that builds and fits a ``TorchTrainer`` over
+:func:`dmf_ray.platform.distributed.worker_loop`; a ``TuneReportCallback`` forwards rank 0's reports
+(metrics plus the checkpoint path) so ASHA and Optuna see every evaluation. MLflow is written only
+on the driver by :class:`MLflowSweepCallback` -- one parent run per sweep, one nested run per
+trial, get-or-create by id so a resumed sweep adds no duplicates -- because Train workers opening
+the same sqlite store race. Trial folders are named by their trial id (``trial_dirname``).
+
+One value's way from the YAML file to the training step, ``friction.schedule``:
+
+1. :mod:`dmf_ray.platform.search_space` reads ``params.friction.schedule`` (validated with the
+   file) and Optuna suggests a choice into the trial's Tune config;
+2. :mod:`dmf_ray.platform.sweep` (:meth:`SweepPlan.trial_config`, in :func:`run_trial`) merges the
+   plan's fixed keys once with :func:`~dmf_ray.platform.search_space.trial_overrides` and validates
+   the trial's :class:`~dmf_ray.trainer.config.TrainConfig` once (the config's own models check
+   ``friction.schedule``); that object is the TorchTrainer's ``train_loop_config``;
+3. :mod:`dmf_ray.platform.distributed` (:func:`worker_loop`) trains that object as it came
+   (through :func:`dmf_ray.trainer.run.run_training`, which wires the scorer and passes it on);
+4. :mod:`dmf_ray.trainer.engine` (``train_step``) asks ``gamma(cfg.friction, step, cfg.steps)``;
+5. :mod:`dmf_ray.core.friction` (``gamma``) evaluates the schedule.
 
 At the end the best finished trial's generator is logged as an MLflow model and registered; the
 ``champion`` alias moves only if it beats the current champion on the same dataset and metric.
@@ -13,15 +32,14 @@ At the end the best finished trial's generator is logged as an MLflow model and 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
+import pandas as pd
 import pyarrow.fs
 import ray
 import ray.train
@@ -31,45 +49,65 @@ from ray.train import CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from dmf_ray.trainer.config import TrainConfig, load_train_config
-from dmf_ray.data import DataConfig, TranslationData, load_dataset
-from dmf_ray.platform.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
-from dmf_ray.trainer.engine import translate
 from dmf_ray.core.models import load_generator
-from dmf_ray.platform.registry import log_generator, register_if_champion
-from dmf_ray.platform.search_space import ResourceSpec, SearchSpec, make_scheduler, make_searcher, trial_overrides
+from dmf_ray.data import DataConfig, TranslationData, load_dataset
+from dmf_ray.errors import ConfigError
+from dmf_ray.platform.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
+from dmf_ray.platform.registry import RegistrationResult, dataset_label, log_generator, register_if_champion
+from dmf_ray.platform.search_space import SearchSpec, make_scheduler, make_searcher, trial_overrides
 from dmf_ray.platform.tracking import SweepTracker
+from dmf_ray.trainer.config import TrainConfig, load_train_config
+from dmf_ray.trainer.engine import translate
 from dmf_ray.trainer.plots import figures_for_run
 
-# Each ray.train.report costs ~2 s at Train's default controller poll interval (REFERENCE 3).
+# Train V2's controller polls its workers every 2 s by default
+# (ray/train/v2/_internal/constants.py), which each ray.train.report then waits for.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 TRIAL_CPU = 0.01  # the trial function only waits on its TorchTrainer; workers hold the CPUs
 TRAIN_RUNS = "train_runs"
+# Last-result keys every ranked trial has, reported or not.
+RESULT_COLUMNS = ("trial_id", "step", "checkpoint_path", "worker_nodes", "diverged")
 
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """Everything a sweep needs, resolved and validated by the CLI."""
+    """Everything a sweep needs, resolved and validated by the CLI; nothing started yet."""
 
     spec: SearchSpec
-    base: dict[str, Any]  # dotted TrainConfig overrides shared by every trial (space 'fixed' + CLI)
+    base: dict[str, Any]  # dotted TrainConfig keys shared by every trial (space 'fixed' + CLI flags)
+    base_config: TrainConfig  # ``base`` validated (once, by the CLI): the trials' common settings
     name: str
     storage_path: str
     tracking_uri: str
     experiment: str
     model_name: str
-    dataset: str  # e.g. "toy" or "ffhq-alae/adult2child": champions compete only within one
+    address: str | None = None  # Ray cluster to join; None starts a local Ray
+    shared_storage: bool = False  # a local storage_path that every node mounts (NFS)
 
     @property
     def sweep_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
 
-    def trial_config(self, tune_config: dict[str, Any]) -> TrainConfig:
-        return load_train_config(None, {**self.base, **trial_overrides(tune_config)})
+    @property
+    def dataset(self) -> str:
+        """The trials' champion pool, e.g. ``ffhq-alae/adult2child`` (see :func:`dataset_label`)."""
+        return dataset_label(self.base_config.data)
+
+    def searched(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
+        """The searched keys of a trial's Tune config, with the values training takes."""
+        names = {p.name for p in self.spec.params}
+        return {k: v for k, v in trial_overrides(tune_config).items() if k in names}
+
+    def overrides(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
+        """All dotted keys of one trial: the fixed ones, then its searched ones (the one merge)."""
+        return {**self.base, **self.searched(tune_config)}
+
+    def trial_config(self, tune_config: Mapping[str, Any]) -> TrainConfig:
+        return load_train_config(None, self.overrides(tune_config))
 
 
 def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
-    """One Tune trial: fit a data-parallel TorchTrainer on the trial's config.
+    """One Tune trial: fit a data-parallel TorchTrainer on the trial's config, validated here once.
 
     A diverged run (NaN/inf) ends normally after reporting ``diverged`` and its reason without
     the sweep metric: Optuna records the trial as pruned, MLflow as FAILED with the reason, and
@@ -81,11 +119,10 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     if previous is not None:  # finished before the driver died: report it again, do not retrain
         tune.report(previous)
         return
-    cfg = plan.trial_config(tune_config)
-    res: ResourceSpec = plan.spec.resources
+    res = plan.spec.resources
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"train": cfg.to_dict()},
+        train_loop_config={"train": plan.trial_config(tune_config)},
         scaling_config=ScalingConfig(
             num_workers=res.workers,
             use_gpu=res.gpus_per_worker > 0,
@@ -105,6 +142,11 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     if result.metrics is not None:
         _write_json(done, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
                     | {"checkpoint_path": result.checkpoint.path if result.checkpoint else None})
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's ``trial_dirname_creator``: a trial's folder is its trial id, nothing to parse."""
+    return trial.trial_id
 
 
 def _final_result_path(plan: SweepPlan, trial_id: str) -> str:
@@ -130,9 +172,9 @@ def _write_json(uri: str, data: dict[str, Any]) -> None:
 class MLflowSweepCallback(tune.Callback):
     """Mirrors the sweep into MLflow from the driver process.
 
-    Holds only plain settings when pickled with the experiment state (the MLflow client is
-    rebuilt on demand), so ``Tuner.restore`` works. ``tracker`` reuses an open one (the driver's
-    clean-up after a sweep) instead of opening another.
+    Holds only the plan when pickled with the experiment state (the MLflow client and the caches
+    are rebuilt on demand), so ``Tuner.restore`` works. ``tracker`` reuses an open one (the
+    driver's clean-up after a sweep) instead of opening another.
     """
 
     def __init__(self, plan: SweepPlan, tracker: SweepTracker | None = None) -> None:
@@ -140,6 +182,7 @@ class MLflowSweepCallback(tune.Callback):
         self._tracker = tracker
         self._runs: dict[str, str] = {}
         self._closed: set[str] = set()  # trials whose MLflow run had ended before (a resumed sweep)
+        self._configs: dict[str, TrainConfig] = {}  # trial id -> its TrainConfig, built once here
         self._data: dict[DataConfig, TranslationData] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -154,9 +197,15 @@ class MLflowSweepCallback(tune.Callback):
             self._tracker = open_tracker(self.plan)
         return self._tracker
 
+    def trial_config(self, trial_id: str, tune_config: Mapping[str, Any]) -> TrainConfig:
+        """The trial's TrainConfig for its files and final status, validated once per trial."""
+        if trial_id not in self._configs:
+            self._configs[trial_id] = self.plan.trial_config(tune_config)
+        return self._configs[trial_id]
+
     def run_id(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:
-            run_id = self.tracker.trial_run(trial.trial_id, trial_overrides(trial.config))
+            run_id = self.tracker.trial_run(trial.trial_id, self.plan.overrides(trial.config))
             if self.tracker.client.get_run(run_id).info.status in ("FINISHED", "KILLED"):
                 self._closed.add(trial.trial_id)
             self._runs[trial.trial_id] = run_id
@@ -176,11 +225,11 @@ class MLflowSweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not self._is_closed(trial):
-            self.close_trial(self.run_id(trial), trial.config, trial.last_result or {})
+            self.close_trial(self.run_id(trial), trial.trial_id, trial.config, trial.last_result or {})
 
-    def close_trial(self, run_id: str, config: dict[str, Any], last: dict[str, Any]) -> None:
+    def close_trial(self, run_id: str, trial_id: str, tune_config: Mapping[str, Any], last: Mapping[str, Any]) -> None:
         """End a trial's MLflow run from its last result: files, final metrics, status, reason."""
-        cfg = self.plan.trial_config(config)
+        cfg = self.trial_config(trial_id, tune_config)
         step = int(last.get("step", 0))
         self._log_trial_files(run_id, cfg, last.get("checkpoint_path"))
         final = {k: last[k] for k in SCORE_KEYS if k in last}
@@ -251,6 +300,7 @@ def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
             scheduler=make_scheduler(spec),
             num_samples=spec.num_samples,
             max_concurrent_trials=spec.max_concurrent,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=plan.name,
@@ -261,91 +311,86 @@ def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
     )
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    trial_id: str
-    status: str
-    step: int
-    metric: float
-    params: dict[str, Any]
-    checkpoint_path: str | None
-    worker_nodes: str = ""  # Ray node ids of the trial's Train workers, in rank order
-    config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config
-    last: dict[str, Any] = field(default_factory=dict)  # its last reported result
+def require_reachable_storage(plan: SweepPlan) -> None:
+    """Refuse a node-local storage folder on a multi-node cluster (call after ``ray.init``).
+
+    Train workers on other nodes write checkpoints there and the driver reads them back; a
+    folder only this machine has would silently split the results across nodes (Ray docs:
+    "Configuring Persistent Storage", docs.ray.io/en/latest/train/user-guides/persistent-storage.html).
+    """
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if (plan.address is not None or len(nodes) > 1) and "://" not in plan.storage_path and not plan.shared_storage:
+        where = f"the cluster has {len(nodes)} nodes" if len(nodes) > 1 else "a cluster may add nodes (autoscaling)"
+        raise ConfigError(
+            "storage-path",
+            f"{plan.storage_path} is a local folder but {where}: use storage every node reaches "
+            "(s3://bucket/path, gs://bucket/path) or pass --shared-storage for an NFS mount",
+        )
 
 
-def summarise(plan: SweepPlan, grid: Any) -> list[TrialRow]:
-    """All trials ranked by their last reported metric (failed ones last)."""
-    metric, sign = plan.spec.metric, (1.0 if plan.spec.mode == "min" else -1.0)
-    searched = {p.name for p in plan.spec.params}
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        if "step" not in metrics:  # Tune lost the trial's results in a driver crash: use its marker
-            trial_id = _trial_id_from_path(str(result.path))
-            metrics = (_read_json(_final_result_path(plan, trial_id)) or {"trial_id": trial_id}) if trial_id else metrics
-        value = float(metrics.get(metric, math.nan))
-        rows.append(TrialRow(
-            trial_id=metrics.get("trial_id") or _trial_id_from_path(str(result.path)) or str(result.path).rsplit("/", 1)[-1],
-            status="ERROR" if result.error else ("DIVERGED" if metrics.get("diverged") else "OK"),
-            step=int(metrics.get("step", 0)),
-            metric=value,
-            params={k: v for k, v in trial_overrides(result.config or {}).items() if k in searched},
-            checkpoint_path=metrics.get("checkpoint_path"),
-            worker_nodes=str(metrics.get("worker_nodes", "")),
-            config=dict(result.config or {}),
-            last=dict(metrics),
-        ))
-    return sorted(rows, key=lambda r: (r.status != "OK", math.isnan(r.metric), sign * (r.metric if not math.isnan(r.metric) else 0)))
+def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
+    """One row per trial, best first (failed and unscored ones last).
+
+    Columns: the trial's last result as Tune recorded it (``trial_id``, ``step``, the metrics,
+    ``checkpoint_path``, ``worker_nodes``, ...), then ``status`` (OK | DIVERGED | ERROR),
+    ``params`` (its searched keys, as training takes them) and ``config`` (its Tune config).
+    A trial whose results Tune lost in a driver crash is read from its own final-result file.
+    """
+    results = {Path(r.path).name: r for r in grid}  # trial_dirname: each folder is named by its trial id
+    last = grid.get_dataframe()
+    last = last.set_index("trial_id", drop=False) if "trial_id" in last else last
+    frame = last.reindex(index=list(results), columns=last.columns.union(RESULT_COLUMNS + (plan.spec.metric,), sort=False))
+    lost = {tid: _read_json(_final_result_path(plan, tid)) for tid in frame.index[frame["step"].isna()]}
+    if any(lost.values()):
+        frame = frame.combine_first(pd.DataFrame.from_dict({t: m for t, m in lost.items() if m}, orient="index"))
+    frame["trial_id"] = frame.index
+    frame["step"] = frame["step"].fillna(0).astype(int)
+    frame["status"] = ["ERROR" if results[tid].error else "DIVERGED" if diverged == 1 else "OK"
+                       for tid, diverged in frame["diverged"].items()]
+    frame["params"] = [plan.searched(results[tid].config or {}) for tid in frame.index]
+    frame["config"] = [dict(results[tid].config or {}) for tid in frame.index]
+    frame["failed"] = frame["status"] != "OK"
+    ranked = frame.sort_values(["failed", plan.spec.metric], ascending=[True, plan.spec.mode == "min"],
+                               na_position="last", kind="stable")
+    return ranked.drop(columns="failed").reset_index(drop=True)
 
 
-def summary_table(plan: SweepPlan, rows: list[TrialRow]) -> list[list[Any]]:
-    """Header + one row per trial: rank, id, status, step, metric, then every searched param."""
-    keys = sorted({k for r in rows for k in r.params})
-    header = ["rank", "trial_id", "status", "step", plan.spec.metric, *keys]
-    body = [[i + 1, r.trial_id, r.status, r.step, f"{r.metric:.6g}", *(r.params.get(k, "") for k in keys)]
-            for i, r in enumerate(rows)]
-    return [header, *body]
+def summary_table(plan: SweepPlan, trials: pd.DataFrame) -> pd.DataFrame:
+    """rank, trial id, status, step, metric, then every searched param (blank where not suggested)."""
+    params = pd.DataFrame(list(trials["params"]), dtype=object)
+    table = pd.DataFrame({
+        "rank": range(1, len(trials) + 1),
+        "trial_id": trials["trial_id"],
+        "status": trials["status"],
+        "step": trials["step"],
+        plan.spec.metric: [f"{v:.6g}" for v in trials[plan.spec.metric].astype(float)],
+    })
+    return table.join(params[sorted(params.columns)].fillna(""))
 
 
-def markdown(table: list[list[Any]]) -> str:
-    header, *body = table
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in body]) + "\n"
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]) + "\n"
 
 
-def _trial_id_from_path(path: str) -> str | None:
-    """Tune names trial folders ``<trainable>_<trial_id>_<index>_...``; ours is ``run_trial``."""
-    match = re.search(r"run_trial_([0-9a-f]{8})_", path.rsplit("/", 1)[-1])
-    return match.group(1) if match else None
-
-
-def write_summary(plan: SweepPlan, rows: list[TrialRow], out_dir: Path) -> tuple[Path, Path, Path | None]:
-    """top_trials.csv and top_trials.md (all trials, ranked) in ``out_dir``, and
-    best_params.yaml: the searched keys of the best finished trial, in the dotted form that
+def write_summary(table: pd.DataFrame, best: pd.Series | None, out_dir: Path) -> tuple[Path, Path, Path | None]:
+    """top_trials.csv and top_trials.md (the ranked ``table``) in ``out_dir``, and
+    best_params.yaml: the searched keys of the ``best`` finished trial, in the dotted form that
     ``python -m dmf_ray.experiments.compare --searched`` and ``train --config`` overrides take.
 
     Returns the three paths; the last is None when no trial finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = summary_table(plan, rows)
     csv_path, md_path = out_dir / "top_trials.csv", out_dir / "top_trials.md"
-    with csv_path.open("w", newline="") as fh:
-        csv.writer(fh).writerows(table)
+    table.to_csv(csv_path, index=False)
     md_path.write_text(markdown(table))
-    best = next((r for r in rows if r.status == "OK"), None)
     if best is None:
         return csv_path, md_path, None
     best_path = out_dir / "best_params.yaml"
-    best_path.write_text(yaml.safe_dump(_plain_params(best.params), sort_keys=False))
+    best_path.write_text(yaml.safe_dump(best["params"], sort_keys=False))
     return csv_path, md_path, best_path
 
 
-def _plain_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Tuples (from categorical choices) as lists, so the YAML loads back with safe_load."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
-
-
-def close_open_runs(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker) -> int:
+def close_open_runs(plan: SweepPlan, trials: pd.DataFrame, tracker: SweepTracker) -> int:
     """Close MLflow runs of trials Tune reports done but whose run is still open.
 
     A driver killed between Tune saving a trial as finished and the callback ending its run
@@ -354,10 +399,10 @@ def close_open_runs(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker
     callback = MLflowSweepCallback(plan, tracker)
     runs = tracker.trial_runs()  # read statuses without reopening anything
     closed = 0
-    for row in rows:
-        run = runs.pop(row.trial_id, None)
-        if row.status != "ERROR" and run is not None and run.info.status == "RUNNING":
-            callback.close_trial(run.info.run_id, row.config, row.last)
+    for _, row in trials.iterrows():
+        run = runs.pop(row["trial_id"], None)
+        if row["status"] != "ERROR" and run is not None and run.info.status == "RUNNING":
+            callback.close_trial(run.info.run_id, row["trial_id"], row["config"], row.dropna())
             closed += 1
     for run in runs.values():  # started, but the crashed driver's Tune snapshot never had it
         if run.info.status == "RUNNING":
@@ -366,18 +411,79 @@ def close_open_runs(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker
     return closed
 
 
-def register_best(plan: SweepPlan, rows: list[TrialRow], tracker: SweepTracker) -> tuple[str, Any] | None:
-    """Log the best finished trial's generator to its MLflow run and offer it as champion."""
-    steps = load_train_config(None, plan.base).steps
-    best = next((r for r in rows if r.status == "OK" and r.step >= steps and r.checkpoint_path and math.isfinite(r.metric)), None)
-    if best is None:
+class Registered(NamedTuple):
+    """The champion candidate of a sweep: its logged model and what the registry made of it."""
+
+    model_uri: str
+    result: RegistrationResult
+
+
+def register_best(plan: SweepPlan, trials: pd.DataFrame, tracker: SweepTracker) -> Registered | None:
+    """Log the best trial that ran all its steps to its MLflow run and offer it as champion."""
+    done = trials[(trials["status"] == "OK") & (trials["step"] >= plan.base_config.steps)
+                  & trials["checkpoint_path"].notna() & trials[plan.spec.metric].map(math.isfinite)]
+    if done.empty:
         return None
-    run_id = tracker.trial_run(best.trial_id, {})  # exists already: get, don't create
-    with ray.train.Checkpoint(best.checkpoint_path).as_directory() as folder:
+    best = done.iloc[0]
+    run_id = tracker.trial_run(best["trial_id"], {})  # exists already: get, don't create
+    with ray.train.Checkpoint(best["checkpoint_path"]).as_directory() as folder:
         weights = Path(folder) / GENERATOR_FILE
         _, gen_cfg = load_generator(weights)
         model_uri = log_generator(plan.tracking_uri, run_id, weights, gen_cfg.dim)
-    outcome = register_if_champion(
-        plan.tracking_uri, model_uri, plan.model_name, plan.spec.metric, best.metric, plan.spec.mode, plan.dataset, plan.name
+    result = register_if_champion(
+        plan.tracking_uri, model_uri, plan.model_name, plan.spec.metric, float(best[plan.spec.metric]),
+        plan.spec.mode, plan.dataset, plan.name,
     )
-    return model_uri, outcome
+    return Registered(model_uri, result)
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a finished sweep produced; :func:`run_sweep` returns it, the CLI prints it."""
+
+    plan: SweepPlan
+    trials: pd.DataFrame  # every trial, best first (see ranked_trials)
+    table: pd.DataFrame  # the ranked summary, as written to top_trials.csv / top_trials.md
+    csv_path: Path
+    md_path: Path
+    best_params_path: Path | None  # None when no trial finished
+    registered: Registered | None  # None when no trial ran all its steps
+    closed_runs: int  # MLflow runs a crashed driver had left open, closed afterwards
+
+    @property
+    def best(self) -> pd.Series | None:
+        """The best finished trial's row of ``trials``, or None."""
+        return best_trial(self.trials)
+
+
+def best_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """The first ranked trial that ended without error or divergence, or None."""
+    finished = trials[trials["status"] == "OK"]
+    return None if finished.empty else finished.iloc[0]
+
+
+def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
+    """Run the sweep of ``plan`` (or resume its interrupted run) and record it everywhere.
+
+    Starts Ray (joins ``plan.address`` or starts a local one) and stops it before the results are
+    read; the summary goes to the sweep folder (``runs/<name>`` for remote storage).
+    """
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(address=plan.address or "local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    try:
+        require_reachable_storage(plan)
+        grid = build_tuner(plan, resume).fit()
+    finally:
+        ray.shutdown()
+    trials = ranked_trials(plan, grid)
+    table = summary_table(plan, trials)
+    best = best_trial(trials)
+    out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
+    csv_path, md_path, best_params = write_summary(table, best, out_dir)
+    tracker = open_tracker(plan)
+    closed = close_open_runs(plan, trials, tracker)
+    registered = register_best(plan, trials, tracker)
+    tracker.finish_sweep("FINISHED", {"trials": len(trials), "failed_trials": int((trials["status"] != "OK").sum()),
+                                      **({f"best_{plan.spec.metric}": best[plan.spec.metric]} if best is not None else {})})
+    return SweepOutcome(plan, trials, table, csv_path, md_path, best_params, registered, closed)
