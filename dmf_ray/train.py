@@ -1,17 +1,9 @@
 """``python -m dmf_ray.train``: train one DMF generator from a YAML config and/or flags.
 
-Thin CLI over :mod:`dmf_ray.trainer.engine`: parse, validate everything (config and data) before any
-file is written, run the loop with a progress bar, and let :class:`RunWriter` put checkpoints,
-metrics and plots in the output folder. Bad input exits 2 with one line; a diverged run exits 1.
-
-Output folder::
-
-    config.yaml                 the resolved configuration
-    checkpoints/step_*.safetensors   full training state at every evaluation (resumable)
-    history.json                metrics at every evaluation
-    generator.safetensors       final weights + generator config
-    metrics.json                final metrics
-    plots/samples.png  plots/friction.png  plots/metrics.png
+Thin CLI over :func:`dmf_ray.trainer.run_writer.train_in_folder`: parse, validate everything
+(config and data) before any file is written, train with a progress bar into the output folder
+(its layout: :mod:`dmf_ray.trainer.run_writer`), print the final metrics. Bad input exits 2 with
+one line; a diverged run exits 1.
 """
 
 from __future__ import annotations
@@ -25,16 +17,13 @@ from typing import Any, Sequence
 
 import yaml
 
-from dmf_ray.trainer.checkpoint import checkpoint_config, checkpoint_name, latest_checkpoint, restore_state, save_checkpoint
-from dmf_ray.trainer.config import TrainConfig, load_train_config
-from dmf_ray.data import TranslationData, load_dataset
-from dmf_ray.trainer.engine import TrainState, build_state, generator_config, translate
-from dmf_ray.trainer.run import run_training
 from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
+from dmf_ray.data import load_dataset
 from dmf_ray.errors import DataError, UserInputError
-
-from dmf_ray.core.models import save_generator
-from dmf_ray.trainer.plots import plot_curves, plot_samples, plot_schedule
+from dmf_ray.trainer.checkpoint import checkpoint_config, latest_checkpoint, restore_state
+from dmf_ray.trainer.config import load_train_config
+from dmf_ray.trainer.engine import build_state
+from dmf_ray.trainer.run_writer import train_in_folder
 
 # flag -> dotted config key; values are parsed as YAML scalars/lists ("[0.05, 0.2]", "true").
 FLAG_KEYS: dict[str, str] = {
@@ -57,7 +46,6 @@ FLAG_KEYS: dict[str, str] = {
     "device": "device",
     "out": "out_dir",
 }
-CURVE_KEYS = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "gamma")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,38 +100,6 @@ def _parse_value(text: str, key: str) -> Any:
         raise UserInputError(f"{key}: cannot parse value {text!r}") from None
 
 
-class RunWriter:
-    """Writes a run's files; called at every evaluation and once at the end."""
-
-    def __init__(self, out_dir: Path, cfg: TrainConfig, data: TranslationData) -> None:
-        self.out = out_dir
-        self.cfg = cfg
-        self.data = data
-
-    def start(self) -> None:
-        (self.out / "plots").mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        plot_schedule(self.cfg.friction, self.cfg.steps, self.out / "plots" / "friction.png")
-
-    def on_eval(self, state: TrainState, record: dict[str, float]) -> None:
-        save_checkpoint(self.out / "checkpoints" / checkpoint_name(state.step), state, self.cfg)
-        (self.out / "history.json").write_text(json.dumps(state.history, indent=1))
-        plot_curves(state.history, CURVE_KEYS, self.out / "plots" / "metrics.png", title=self.cfg.data.name)
-
-    def finish(self, state: TrainState) -> dict[str, float]:
-        save_generator(state.model, generator_config(self.cfg, self.data.dim), self.out / "generator.safetensors")
-        final = dict(state.history[-1])
-        (self.out / "metrics.json").write_text(json.dumps(final, indent=1))
-        n = min(4000, self.data.test_source.shape[0])
-        mapped = translate(state.model, self.data.test_source[:n], self.cfg.device)
-        plot_samples(
-            mapped, self.data.test_target[:n], self.out / "plots" / "samples.png",
-            source=self.data.test_source[:n] if self.data.name != "toy" else None,
-            title=f"{self.data.name}: step {state.step}, FD {final['fd']:.4g}",
-        )
-        return final
-
-
 def _resume_target(path: str) -> tuple[Path, Path]:
     """(checkpoint file, run folder) for ``--resume PATH``."""
     p = Path(path)
@@ -177,10 +133,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, float]:
         restore_state(state, ckpt)
     elif args.force and out_dir.exists():
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    writer = RunWriter(out_dir, cfg, data)
-    writer.start()
-    state = run_training(cfg, data, state, on_eval=writer.on_eval, progress=not args.no_progress)
-    return writer.finish(state)
+    return train_in_folder(out_dir, cfg, data, state, progress=not args.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
