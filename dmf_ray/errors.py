@@ -1,6 +1,6 @@
 """Error types that the command-line tools turn into a one-line message and exit code 2.
 
-Why a small hierarchy: the core raises these for bad user input (a config field out of its
+Why a small hierarchy: these are raised for bad user input (a config field out of its
 domain, a data file with the wrong shape), and every CLI catches exactly `UserInputError`,
 prints `error: <message>` and exits 2 -- no traceback, nothing half-written. Programming errors
 (anything else) still surface with a traceback.
@@ -21,6 +21,7 @@ class ConfigError(UserInputError):
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
+        self.problem = problem
         super().__init__(f"{field}: {problem}")
 
 

@@ -69,7 +69,7 @@ def test_depth_counts_hidden_layers() -> None:
 )
 def test_invalid_config_names_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
-        GeneratorConfig(**kwargs)
+        GeneratorConfig.from_dict(kwargs)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
 
@@ -77,7 +77,7 @@ def test_invalid_config_names_field(kwargs: dict, field: str) -> None:
 def test_config_dict_round_trip_and_unknown_key() -> None:
     cfg = GeneratorConfig(kind="noise", dim=3, noise_dim=5, width=32, depth=1, activation="tanh", layer_norm=True)
     assert GeneratorConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ConfigError, match=r"^model\.hidden: unknown field"):
+    with pytest.raises(ConfigError, match=r"^model\.hidden: unknown key"):
         GeneratorConfig.from_dict({"dim": 2, "hidden": 64})
     with pytest.raises(ConfigError, match=r"^model: must be a mapping"):
         GeneratorConfig.from_dict([("dim", 2)])  # type: ignore[arg-type]

@@ -27,14 +27,16 @@ a sparse above-floor product, bf16 products); training calls that one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Protocol
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal, Protocol, get_args
 
+import pydantic.dataclasses
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from dmf_ray.core.geometry import sq_distances
-from dmf_ray.errors import ConfigError
+from dmf_ray.schema import SECTION, Bool, Float, Fraction, PositiveFloat, PositiveFloats, PositiveInt, plain
 
 Kernel = Literal["laplace", "gaussian"]
 Normalization = Literal["row", "bidirectional", "sharp"]
@@ -59,7 +61,7 @@ FORCE_MS_FLOOR = 1e-8
 
 @pydantic.dataclasses.dataclass(frozen=True, config=SECTION)
 class DriftConfig:
-    """How to compute the drift field (its fields' domains are declared here, checked at the edge).
+    """How to compute the drift field; each field's type is its domain (see :mod:`dmf_ray.schema`).
 
     Attributes:
         kernel: ``laplace`` exp(-r/tau) or ``gaussian`` exp(-r^2 / (2 tau^2)).
@@ -215,7 +217,7 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
         # the column softmax runs over all B generated rows, hence the shard reduction.
         col_lse = shard_reduce(shard, "logsumexp", log_k.logsumexp(1))  # [T, N]
         aff = (log_k - 0.5 * log_k.logsumexp(2, keepdim=True) - 0.5 * col_lse[:, None]).exp()  # [T, b, N]
-        # the floor keeps every pair's affinity above sqrt(affinity_floor), as released.
+        # the floor (as released) keeps distant pairs interacting: no affinity underflows to 0.
         aff = aff.clamp_min(math.sqrt(cfg.affinity_floor))
         a_neg, a_pos = aff[..., :n_neg], aff[..., n_neg:]  # [T, b, n_neg], [T, b, M]
         # repel negatives weighted by the total attraction, attract positives by the total repulsion.

@@ -79,45 +79,19 @@ from dmf_ray.core.drift_fast import drift_field
 from dmf_ray.core.geometry import sq_distances
 from dmf_ray.errors import ConfigError
 
-if TYPE_CHECKING:  # config imports drift (and may import this module): no runtime import
+if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from dmf_ray.trainer.config import TrainConfig
 
 __all__ = [
     "FAMILIES",
     "SharpPotential",
     "barycentric_projection",
-    "check_family_compatible",
     "family_drift",
     "kl_parzen_drift",
     "mmd_drift",
     "sharp_potential",
     "sinkhorn_drift",
 ]
-
-
-# --------------------------------------------------------------------------- config checks
-
-
-def check_family_compatible(cfg: TrainConfig) -> None:
-    """Reject combinations of ``drift.family`` with other sections that cannot work.
-
-    Why: ``sharp`` trains on a scalar potential, not on a drift target, so there is no drift to
-    accumulate in a velocity buffer -- only first-order friction (the loss scaled by
-    1 - gamma) is defined. Its potential also needs the generated batch as negatives.
-    Raises ConfigError naming the offending field.
-    """
-    if cfg.drift.family != "sharp":
-        return
-    if cfg.friction.order != "first":
-        raise ConfigError(
-            "friction.order",
-            f"must be 'first' with drift.family 'sharp' (a potential loss has no drift for a velocity buffer), "
-            f"got {cfg.friction.order!r}",
-        )
-    if not cfg.drift.self_negatives:
-        raise ConfigError("drift.self_negatives", "must be true with drift.family 'sharp' (log Z#_q needs the generated batch)")
 
 
 # --------------------------------------------------------------------------- dispatcher

@@ -19,18 +19,16 @@ the training loop) and :func:`schedule_values` (all steps, used for plots and ch
 
 from __future__ import annotations
 
-import math
-import operator
-from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 from torch import Tensor
 
 from dmf_ray.errors import ConfigError
-
-ORDERS = ("first", "second", "hybrid")
+from dmf_ray.schema import SECTION, Float, Fraction, PositiveFloat
 
 
 def _none(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
@@ -92,20 +90,12 @@ _SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _number(field: str, value: object) -> float:
-    """Return ``value`` as a finite float, or raise ConfigError (YAML may give strings/bools)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"friction.{field}", f"must be a finite number, got {value!r}")
-    return float(value)
+Schedule = Literal["none", "linear", "cosine", "power", "sigmoid", "step", "warmup_linear"]
+Order = Literal["first", "second", "hybrid"]
+UnitOpen = Annotated[Float, Field(gt=0, lt=1)]
 
 
-def _numbers(field: str, values: object) -> tuple[float, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-        raise ConfigError(f"friction.{field}", f"must be a list of numbers, got {values!r}")
-    return tuple(_number(field, v) for v in values)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class FrictionConfig:
     """Which friction schedule gamma(i) and which update order (first/second/hybrid) to use.
 
@@ -113,56 +103,25 @@ class FrictionConfig:
     schedule stays valid when only ``schedule`` is changed (e.g. by a hyperparameter search).
     """
 
-    schedule: str = "linear"
-    order: str = "first"
-    power: float = 2.0
-    midpoint: float = 0.5
-    steepness: float = 10.0
-    breakpoints: tuple[float, ...] = (0.5,)
-    levels: tuple[float, ...] = (0.5,)
-    warmup: float = 0.1
+    schedule: Schedule = "linear"
+    order: Order = "first"
+    power: PositiveFloat = 2.0
+    midpoint: UnitOpen = 0.5
+    steepness: PositiveFloat = 10.0
+    breakpoints: Annotated[tuple[UnitOpen, ...], Field(min_length=1)] = (0.5,)
+    levels: tuple[Fraction, ...] = (0.5,)
+    warmup: Annotated[Float, Field(ge=0, lt=1)] = 0.1
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
-            raise ConfigError(
-                "friction.schedule", f"must be one of {sorted(SCHEDULES)}, got {self.schedule!r}"
-            )
-        if not isinstance(self.order, str) or self.order not in ORDERS:
-            raise ConfigError(
-                "friction.order", f"must be one of {list(ORDERS)}, got {self.order!r}"
-            )
-        # Normalise YAML/JSON values (ints, lists) to the declared float/tuple types first.
-        for field in ("power", "midpoint", "steepness", "warmup"):
-            object.__setattr__(self, field, _number(field, getattr(self, field)))
-        for field in ("breakpoints", "levels"):
-            object.__setattr__(self, field, _numbers(field, getattr(self, field)))
-        if self.power <= 0:
-            raise ConfigError("friction.power", f"must be > 0, got {self.power}")
-        if not 0 < self.midpoint < 1:
-            raise ConfigError("friction.midpoint", f"must be in (0, 1), got {self.midpoint}")
-        if self.steepness <= 0:
-            raise ConfigError("friction.steepness", f"must be > 0, got {self.steepness}")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError("friction.warmup", f"must be in [0, 1), got {self.warmup}")
+    @model_validator(mode="after")
+    def _step_shape(self) -> FrictionConfig:
         breakpoints, levels = self.breakpoints, self.levels
-        if not breakpoints:
-            raise ConfigError("friction.breakpoints", "must not be empty")
-        if not all(0 < b < 1 for b in breakpoints) or any(
-            b >= c for b, c in zip(breakpoints, breakpoints[1:])
-        ):
-            raise ConfigError(
-                "friction.breakpoints",
-                f"must be strictly increasing fractions in (0, 1), got {list(breakpoints)}",
-            )
+        if any(b >= c for b, c in zip(breakpoints, breakpoints[1:])):
+            raise ConfigError("breakpoints", f"must be strictly increasing, got {list(breakpoints)}")
         if len(levels) != len(breakpoints):
-            raise ConfigError(
-                "friction.levels",
-                f"must have one level per breakpoint ({len(breakpoints)}), got {len(levels)}",
-            )
-        if not all(0 <= v <= 1 for v in levels) or any(v > w for v, w in zip(levels, levels[1:])):
-            raise ConfigError(
-                "friction.levels", f"must be non-decreasing values in [0, 1], got {list(levels)}"
-            )
+            raise ConfigError("levels", f"must have one level per breakpoint ({len(breakpoints)}), got {len(levels)}")
+        if any(v > w for v, w in zip(levels, levels[1:])):
+            raise ConfigError("levels", f"must be non-decreasing, got {list(levels)}")
+        return self
 
     def describe(self) -> str:
         """Short readable name, e.g. ``sigmoid(midpoint=0.5, steepness=10.0), order=first``."""
@@ -172,17 +131,8 @@ class FrictionConfig:
         return f"{name}, order={self.order}"
 
 
-def _check_total_steps(total_steps: int) -> int:
-    # u = i / (T - 1) needs T >= 2, and Proposition 1 is stated for T >= 2.
-    total_steps = operator.index(total_steps)
-    if total_steps < 2:
-        raise ConfigError("friction.total_steps", f"must be >= 2, got {total_steps}")
-    return total_steps
-
-
 def schedule_values(cfg: FrictionConfig, total_steps: int) -> np.ndarray:
-    """All T values gamma(0), ..., gamma(T-1) as float64 (same numbers as :func:`gamma`)."""
-    total_steps = _check_total_steps(total_steps)
+    """All T >= 2 values gamma(0), ..., gamma(T-1) as float64 (same numbers as :func:`gamma`)."""
     u = np.arange(total_steps, dtype=np.float64) / (total_steps - 1)
     return SCHEDULES[cfg.schedule](u, cfg).astype(np.float64)
 
@@ -190,12 +140,9 @@ def schedule_values(cfg: FrictionConfig, total_steps: int) -> np.ndarray:
 def gamma(cfg: FrictionConfig, step: int, total_steps: int) -> float:
     """Friction coefficient gamma(step) in [0, 1] for a run of ``total_steps`` steps (eq. 15 etc.).
 
-    Evaluates only the one step (O(1)), so the training loop can call it every step.
+    Evaluates only the one step (O(1)), so the training loop can call it every step; ``step`` is
+    in [0, total_steps - 1] and ``total_steps`` >= 2 (TrainConfig.steps is validated so).
     """
-    total_steps = _check_total_steps(total_steps)
-    step = operator.index(step)
-    if not 0 <= step < total_steps:
-        raise ValueError(f"step must be in [0, {total_steps - 1}], got {step}")
     u = np.array([step / (total_steps - 1)], dtype=np.float64)
     return float(SCHEDULES[cfg.schedule](u, cfg)[0])
 
@@ -209,10 +156,6 @@ def apply_friction(
     missing ``velocity`` as zeros (v^0 = 0) and return the new velocity v_{i+1}, which is also the
     displacement because x_{i+1} = x_i + v_{i+1}.
     """
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     damping = 1.0 - gamma
     if order == "first":
         return damping * drift, None

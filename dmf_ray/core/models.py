@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import model_validator
+from pydantic.dataclasses import dataclass
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 
 from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.files import atomic_write
+from dmf_ray.schema import SECTION, Bool, PositiveInt, validate
 
 GeneratorKind = Literal["residual", "noise", "icnn"]
 Activation = Literal["silu", "gelu", "relu", "tanh"]
@@ -49,15 +52,7 @@ VERSION_METADATA_KEY = "dmf_ray.format_version"
 FORMAT_VERSION = "1"
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    # bool is a subclass of int; `depth=True` is a typo, not a depth of 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"model.{name}", f"must be an integer, got {value!r}")
-    if value < 1:
-        raise ConfigError(f"model.{name}", f"must be >= 1, got {value}")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class GeneratorConfig:
     """Architecture of a generator; everything needed to rebuild it from a checkpoint.
 
@@ -72,35 +67,23 @@ class GeneratorConfig:
     """
 
     kind: GeneratorKind = "residual"
-    dim: int = 2
-    noise_dim: int | None = None
-    width: int = 256
-    depth: int = 3
+    dim: PositiveInt = 2
+    noise_dim: PositiveInt | None = None
+    width: PositiveInt = 256
+    depth: PositiveInt = 3
     activation: Activation = "silu"
-    layer_norm: bool = False
+    layer_norm: Bool = False
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or self.kind not in GENERATORS:
-            raise ConfigError("model.kind", f"must be one of {sorted(GENERATORS)}, got {self.kind!r}")
-        _check_positive_int("dim", self.dim)
-        if self.noise_dim is not None:
-            _check_positive_int("noise_dim", self.noise_dim)
-            if self.kind in ("residual", "icnn") and self.noise_dim != self.dim:
-                raise ConfigError(
-                    "model.noise_dim",
-                    f"a {self.kind} generator maps dim -> dim; leave it None or set it to dim={self.dim},"
-                    f" got {self.noise_dim}",
-                )
-        _check_positive_int("width", self.width)
-        _check_positive_int("depth", self.depth)
-        if not isinstance(self.activation, str) or self.activation not in _ACTIVATIONS:
+    @model_validator(mode="after")
+    def _fits_kind(self) -> GeneratorConfig:
+        if self.noise_dim is not None and self.kind in ("residual", "icnn") and self.noise_dim != self.dim:
             raise ConfigError(
-                "model.activation", f"must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
+                "noise_dim",
+                f"a {self.kind} generator maps dim -> dim; leave it None or set it to dim={self.dim}, got {self.noise_dim}",
             )
-        if not isinstance(self.layer_norm, bool):
-            raise ConfigError("model.layer_norm", f"must be true or false, got {self.layer_norm!r}")
         if self.kind == "icnn" and self.layer_norm:
-            raise ConfigError("model.layer_norm", "an icnn generator has no LayerNorm (it would break convexity)")
+            raise ConfigError("layer_norm", "an icnn generator has no LayerNorm (it would break convexity)")
+        return self
 
     @property
     def input_dim(self) -> int:
@@ -112,15 +95,9 @@ class GeneratorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
-        """Build from a mapping (YAML/JSON section); unknown keys are errors, not silently ignored."""
-        if not isinstance(data, Mapping):
-            raise ConfigError("model", f"must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"model.{unknown[0]}", f"unknown field (known: {sorted(known)})")
-        return cls(**data)
+    def from_dict(cls, data: Any) -> GeneratorConfig:
+        """Build from a mapping (a model section, checkpoint metadata); ConfigError naming ``model.<key>``."""
+        return validate(cls, data, prefix="model")
 
 
 def _mlp(in_dim: int, out_dim: int, cfg: GeneratorConfig) -> nn.Sequential:

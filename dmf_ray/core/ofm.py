@@ -37,27 +37,30 @@ failed or fell out of distribution (every sample is kept here).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pydantic.dataclasses
 import torch
+from pydantic import model_validator
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from dmf_ray.core.geometry import sq_distances
 from dmf_ray.errors import ConfigError
+from dmf_ray.schema import SECTION, Bool, Fraction, PositiveInt
 
 if TYPE_CHECKING:
     from dmf_ray.data.base import TranslationData
 
 IHVMethod = Literal["exact", "cg"]
-IHV_METHODS: tuple[str, ...] = get_args(IHVMethod)
 
 # Added to t in the 1/t of the velocity residual (as the released code does): at t -> 0 the
 # residual (x0 - z0)/t is 0/0 analytically finite; eps keeps t = 0 itself finite.
 T_EPS = 1e-5
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SECTION)
 class OFMConfig:
     """OFM training options (the model, optimiser, batch size and steps come from TrainConfig).
 
@@ -68,28 +71,18 @@ class OFMConfig:
     cost grows with d), ``cg`` runs at most ``cg_iterations`` conjugate-gradient steps.
     """
 
-    inner_iterations: int = 10
-    ot_pairing: bool = True
-    t_min: float = 0.0
-    t_max: float = 1.0
+    inner_iterations: PositiveInt = 10
+    ot_pairing: Bool = True
+    t_min: Fraction = 0.0
+    t_max: Fraction = 1.0
     ihv: IHVMethod = "exact"
-    cg_iterations: int = 50
+    cg_iterations: PositiveInt = 50
 
-    def __post_init__(self) -> None:
-        for name in ("inner_iterations", "cg_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ofm.{name}", f"must be an integer >= 1, got {value!r}")
-        if not isinstance(self.ot_pairing, bool):
-            raise ConfigError("ofm.ot_pairing", f"must be true or false, got {self.ot_pairing!r}")
-        for name in ("t_min", "t_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"ofm.{name}", f"must be a number in [0, 1], got {value!r}")
+    @model_validator(mode="after")
+    def _time_range(self) -> OFMConfig:
         if not self.t_min < self.t_max:
-            raise ConfigError("ofm.t_max", f"must be > t_min={self.t_min}, got {self.t_max}")
-        if self.ihv not in IHV_METHODS:
-            raise ConfigError("ofm.ihv", f"must be one of {list(IHV_METHODS)}, got {self.ihv!r}")
+            raise ConfigError("t_max", f"must be > t_min={self.t_min}, got {self.t_max}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -117,7 +110,7 @@ def minibatch_ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
         raise ValueError(f"expected (N, d) and (M, d) batches, got {tuple(x0.shape)} and {tuple(x1.shape)}")
     if x0.shape[0] > x1.shape[0]:
         raise ValueError(f"need at least as many x1 rows as x0 rows, got {x1.shape[0]} < {x0.shape[0]}")
-    cost = torch.cdist(x0.detach().double().cpu(), x1.detach().double().cpu()).square().numpy()  # [N, M]
+    cost = sq_distances(x0.detach().double().cpu(), x1.detach().double().cpu()).numpy()  # [N, M]
     rows, cols = linear_sum_assignment(cost)
     perm = np.empty(x0.shape[0], dtype=np.int64)
     perm[rows] = cols

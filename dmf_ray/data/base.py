@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Callable, Literal, get_args
+from typing import Annotated, Callable, Literal, get_args
 
 import numpy as np
+import pydantic.dataclasses
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from dmf_ray.errors import ConfigError
+from dmf_ray.schema import SECTION, Int, PositiveInt, Str
 
 DatasetName = Literal["toy", "gaussian-ot", "ffhq-alae"]
 Direction = Literal["adult2child", "child2adult", "man2woman", "woman2man"]
@@ -119,45 +122,24 @@ class TranslationData:
         return float(self.test_target.double().var(dim=0).mean())
 
 
-def _check_int(field: str, value: object, low: int, high: int | None = None) -> None:
-    """Raise ConfigError unless `value` is an int (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(field, f"must be {bound}, got {value}")
-
-
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SECTION)
 class DataConfig:
-    """Which dataset to build, validated once here so builders can trust every field.
+    """Which dataset to build; its declaration is its validation, so builders trust every field.
 
     `n_train`/`n_test` size the sampled pools of `toy` and `gaussian-ot`; `dim` is the dimension
     of `gaussian-ot`; `data_dir` and `direction` choose the folder and task of `ffhq-alae`.
     """
 
     name: DatasetName = "toy"
-    seed: int = 0
-    n_train: int = 100_000
-    n_test: int = 50_000
-    dim: int = 64
-    data_dir: str | None = None
+    seed: Annotated[Int, Field(ge=0)] = 0
+    n_train: PositiveInt = 100_000
+    n_test: PositiveInt = 50_000
+    dim: Annotated[Int, Field(ge=1, le=MAX_GAUSSIAN_DIM)] = 64
+    data_dir: Annotated[Str, Field(min_length=1)] | None = None
     direction: Direction = "adult2child"
 
-    def __post_init__(self) -> None:
-        if self.name not in DATASET_NAMES:
-            raise ConfigError("data.name", f"must be one of {list(DATASET_NAMES)}, got {self.name!r}")
-        if self.direction not in DIRECTIONS:
-            raise ConfigError(
-                "data.direction", f"must be one of {list(DIRECTIONS)}, got {self.direction!r}"
-            )
-        _check_int("data.seed", self.seed, 0)
-        _check_int("data.n_train", self.n_train, 1)
-        _check_int("data.n_test", self.n_test, 1)
-        _check_int("data.dim", self.dim, 1, MAX_GAUSSIAN_DIM)
-        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
-            raise ConfigError(
-                "data.data_dir", f"must be a non-empty path string, got {self.data_dir!r}"
-            )
+    @model_validator(mode="after")
+    def _folder_for_ffhq(self) -> DataConfig:
         if self.name == "ffhq-alae" and self.data_dir is None:
-            raise ConfigError("data.data_dir", "required when data.name is 'ffhq-alae'")
+            raise ConfigError("data_dir", "required when name is 'ffhq-alae'")
+        return self

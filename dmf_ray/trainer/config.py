@@ -1,58 +1,57 @@
 """The training configuration: one typed object built from YAML and/or flags, validated once.
 
-Why here: every entry point (the trainer CLI, Tune trials, experiments) describes a run by the
-same nested mapping -- ``data``, ``model``, ``drift``, ``friction``, ``optim`` sections plus
-loop settings -- and must reject a typo or a wrong type with one line naming the key. The core
-modules own their dataclasses and domain checks; this module only maps plain data onto them,
-checking key names and types on the way.
+Why here: every entry point (the trainer CLI, Tune trials, experiments, checkpoints) describes a
+run by the same nested mapping -- ``data``, ``model``, ``drift``, ``friction``, ``optim``,
+``eval``, ``ofm`` sections plus loop settings -- and must reject a typo or a wrong type with one
+line naming the key. Each section is declared (with its domain) beside the code that uses it;
+this module adds the loop settings and the rules that span sections, and
+:func:`train_config_from_dict` is the edge that turns plain data into a :class:`TrainConfig`
+(see :mod:`dmf_ray.schema` for the strictness rules and the error messages).
 """
 
 from __future__ import annotations
 
-import math
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
-from dmf_ray.data.base import DataConfig
-from dmf_ray.core.drift import DriftConfig, make_drift_config
-from dmf_ray.errors import ConfigError, DataError
-from dmf_ray.core.families import check_family_compatible
+from dmf_ray.core.drift import PRESETS, DriftConfig, make_drift_config
 from dmf_ray.core.friction import FrictionConfig
 from dmf_ray.core.models import GeneratorConfig
 from dmf_ray.core.ofm import OFMConfig
+from dmf_ray.data.base import DataConfig
+from dmf_ray.errors import ConfigError, DataError
+from dmf_ray.schema import SECTION, Bool, Float, Floats, Int, PositiveFloat, PositiveInt, Str, plain, validate
+
+AtLeastTwo = Annotated[Int, Field(ge=2)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class OptimConfig:
     """Optimiser of the generator. Adam defaults follow the released toy notebook (Adam 1e-3)."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    betas: tuple[float, ...] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    warmup_steps: int = 0
+    lr: PositiveFloat = 1e-3
+    betas: Annotated[Floats, Field(min_length=2, max_length=2)] = (0.9, 0.999)
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.0
+    grad_clip: PositiveFloat | None = None
+    warmup_steps: Annotated[Int, Field(ge=0)] = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
 
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("optim.lr", f"must be a finite number > 0, got {self.lr!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {list(self.betas)!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError("optim.weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError("optim.grad_clip", f"must be > 0 or null, got {self.grad_clip!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError("optim.warmup_steps", f"must be >= 0, got {self.warmup_steps!r}")
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"must be two numbers in [0, 1), got {list(betas)!r}")
+        return betas
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class EvalConfig:
     """Image-space scores at every evaluation (DMF Table 2): CMMD and/or FID of decoded latents.
 
@@ -63,31 +62,37 @@ class EvalConfig:
     same number of mapped latents at each evaluation.
     """
 
-    decoder: str | None = None
-    clip_model: str = "ViT-L-14-336-quickgelu"
-    clip_weights: str | None = None
-    inception_weights: str | None = None
-    samples: int = 2048
+    decoder: Str | None = None
+    clip_model: Str = "ViT-L-14-336-quickgelu"
+    clip_weights: Str | None = None
+    inception_weights: Str | None = None
+    samples: AtLeastTwo = 2048
 
-    def __post_init__(self) -> None:
+    @field_validator("decoder")
+    @classmethod
+    def _module_function(cls, decoder: str | None) -> str | None:
+        if decoder is not None and (decoder.count(":") != 1 or not all(decoder.split(":"))):
+            raise ValueError(f"expected 'module:function', got {decoder!r}")
+        return decoder
+
+    @model_validator(mode="after")
+    def _decoder_with_weights(self) -> EvalConfig:
         weights = self.clip_weights is not None or self.inception_weights is not None
         if self.decoder is not None and not weights:
-            raise ConfigError("eval.decoder", "needs eval.clip_weights (CMMD) and/or eval.inception_weights (FID)")
+            raise ConfigError("decoder", "needs eval.clip_weights (CMMD) and/or eval.inception_weights (FID)")
         if self.decoder is None and weights:
-            raise ConfigError("eval.decoder", "required when image weights are given (a 'module:function' mapping latents to images)")
-        if self.decoder is not None and (self.decoder.count(":") != 1 or not all(self.decoder.split(":"))):
-            raise ConfigError("eval.decoder", f"expected 'module:function', got {self.decoder!r}")
-        if self.samples < 2:
-            raise ConfigError("eval.samples", f"must be >= 2, got {self.samples!r}")
+            raise ConfigError("decoder", "required when image weights are given (a 'module:function' mapping latents to images)")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class TrainConfig:
     """Everything that defines a training run. ``model.dim`` is derived from the data.
 
     ``batch_size`` generated samples and ``pos_batch_size`` positives (default: the same) per
     step; evaluation every ``eval_every`` steps on up to ``eval_samples`` held-out pairs, each
-    evaluation also writes a checkpoint.
+    evaluation also writes a checkpoint. The ``drift`` section may name a ``preset`` (a key of
+    :data:`dmf_ray.core.drift.PRESETS`) that its other keys override.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,29 +103,61 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: Literal["dmf", "ofm"] = "dmf"
     ofm: OFMConfig = field(default_factory=OFMConfig)
-    steps: int = 1000
-    batch_size: int = 1024
-    pos_batch_size: int | None = None
-    eval_every: int = 100
-    eval_samples: int = 50_000
-    eval_kid: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    out_dir: str = "runs/train"
+    steps: AtLeastTwo = 1000
+    batch_size: AtLeastTwo = 1024
+    pos_batch_size: PositiveInt | None = None
+    eval_every: PositiveInt = 100
+    eval_samples: AtLeastTwo = 50_000
+    eval_kid: Bool = False
+    seed: Annotated[Int, Field(ge=0)] = 0
+    device: Str = "cpu"
+    out_dir: Str = "runs/train"
 
-    def __post_init__(self) -> None:
-        for name, low in (("steps", 2), ("batch_size", 2), ("eval_every", 1), ("eval_samples", 2), ("seed", 0)):
-            if getattr(self, name) < low:
-                raise ConfigError(name, f"must be >= {low}, got {getattr(self, name)!r}")
-        if self.pos_batch_size is not None and self.pos_batch_size < 1:
-            raise ConfigError("pos_batch_size", f"must be >= 1 or null, got {self.pos_batch_size!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        check_family_compatible(self)
-        if self.method not in ("dmf", "ofm"):
-            raise ConfigError("method", f"must be 'dmf' (drifting, any drift.family) or 'ofm', got {self.method!r}")
+    @field_validator("drift", mode="before")
+    @classmethod
+    def _apply_preset(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping) or "preset" not in raw:
+            return raw
+        options = dict(raw)
+        preset = options.pop("preset")
+        if preset is None:
+            return options
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise ConfigError("preset", f"must be one of {sorted(PRESETS)}, got {preset!r}")
+        return {**PRESETS[preset], **options}
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _dim_is_derived(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and "dim" in raw:
+            raise ConfigError("dim", "must not be set: it is taken from the data")
+        return raw
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise ValueError(f"must be 'cpu' or 'cuda[:N]', got {device!r}")
+        return device
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> TrainConfig:
+        # ``sharp`` trains on a scalar potential, not on a drift target: there is no drift to
+        # accumulate in a velocity buffer, so only first-order friction (the loss scaled by
+        # 1 - gamma) is defined; its potential log Z#_q needs the generated batch as negatives.
+        if self.drift.family == "sharp" and self.friction.order != "first":
+            raise ConfigError(
+                "friction.order",
+                "must be 'first' with drift.family 'sharp' (a potential loss has no drift for a velocity buffer), "
+                f"got {self.friction.order!r}",
+            )
+        if self.drift.family == "sharp" and not self.drift.self_negatives:
+            raise ConfigError("drift.self_negatives", "must be true with drift.family 'sharp' (log Z#_q needs the generated batch)")
         if self.method == "ofm" and self.model.kind != "icnn":
-            raise ConfigError("model.kind", f"must be 'icnn' with method 'ofm' (the map is an ICNN's gradient), got {self.model.kind!r}")
+            raise ConfigError(
+                "model.kind", f"must be 'icnn' with method 'ofm' (the map is an ICNN's gradient), got {self.model.kind!r}"
+            )
+        return self
 
     @property
     def positives_per_step(self) -> int:
@@ -131,45 +168,14 @@ class TrainConfig:
 
         Derived keys (``model.dim``) are left out so the dict loads back as a config.
         """
-        out = _plain(asdict(self))
+        out = plain(asdict(self))
         del out["model"]["dim"]
         return out
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-_SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "model": GeneratorConfig,
-    "friction": FrictionConfig,
-    "optim": OptimConfig,
-    "eval": EvalConfig,
-    "ofm": OFMConfig,
-}
-_DERIVED = {"model.dim": "it is taken from the data"}
-
-
 def train_config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from nested plain data (YAML / JSON / Tune config)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError("config", f"must be a mapping of sections, got {type(raw).__name__}")
-    known = {f.name for f in fields(TrainConfig)}
-    _reject_unknown(raw, known, "")
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _SECTIONS:
-            kwargs[key] = dataclass_from_mapping(_SECTIONS[key], value, key)
-        elif key == "drift":
-            kwargs[key] = _drift_from_mapping(value)
-        else:
-            kwargs[key] = _coerce(_field_type(TrainConfig, key), value, key)
-    return TrainConfig(**kwargs)
+    return validate(TrainConfig, raw)
 
 
 def load_train_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -214,93 +220,10 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def dataclass_from_mapping(cls: type, raw: Any, section: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, checking key names and value types."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(section, f"must be a mapping, got {type(raw).__name__}")
-    names = {f.name for f in fields(cls)}
-    for key in raw:
-        dotted = f"{section}.{key}"
-        if dotted in _DERIVED:
-            raise ConfigError(dotted, f"must not be set: {_DERIVED[dotted]}")
-    _reject_unknown(raw, names, section)
-    kwargs = {k: _coerce(_field_type(cls, k), v, f"{section}.{k}") for k, v in raw.items()}
-    return cls(**kwargs)
-
-
-def _drift_from_mapping(raw: Any) -> DriftConfig:
-    """The drift section: an optional ``preset`` name plus DriftConfig fields overriding it."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError("drift", f"must be a mapping, got {type(raw).__name__}")
-    options = dict(raw)
-    preset = options.pop("preset", None)
-    if preset is not None and not isinstance(preset, str):
-        raise ConfigError("drift.preset", f"must be a preset name, got {preset!r}")
-    _reject_unknown(options, {f.name for f in fields(DriftConfig)}, "drift")
-    typed = {k: _coerce(_field_type(DriftConfig, k), v, f"drift.{k}") for k, v in options.items()}
-    return make_drift_config(preset, **typed)
-
-
-def _reject_unknown(raw: Mapping[str, Any], known: set[str], section: str) -> None:
-    for key in raw:
-        if key not in known:
-            where = f"{section}.{key}" if section else str(key)
-            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(known))})")
-
-
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert lists to tuples and ints to floats."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(where, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(where, f"must be a list, got {value!r}")
-        return tuple(_coerce(args[0], v, where) for v in value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, f"must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, f"must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(where, f"must be a string, got {value!r}")
-        return value
-    if is_dataclass(tp):  # pragma: no cover - sections are handled by the callers
-        return dataclass_from_mapping(tp, value, where)
-    return value
-
-
 __all__ = [
+    "EvalConfig",
     "OptimConfig",
     "TrainConfig",
-    "dataclass_from_mapping",
     "load_train_config",
     "read_yaml_mapping",
     "set_dotted",
