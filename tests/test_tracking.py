@@ -86,7 +86,7 @@ def test_sweep_parent_nested_trials_metrics_artifacts_and_statuses(tmp_path) -> 
     tracker.log_eval(div, 20, {"fd": float("nan"), "loss": float("inf")})
     tracker.log_eval(asha, 10, {"fd": 4.0})
 
-    tracker.log_config(ok, {"optim": {"lr": 0.01, "betas": (0.9, 0.99)}, "out_dir": tmp_path})
+    tracker.log_config(ok, {"optim": {"lr": 0.01, "betas": [0.9, 0.99]}, "out_dir": str(tmp_path)})
     rng = np.random.default_rng(0)
     history = [{"step": 10, "fd": 2.0, "gamma": 0.1}, {"step": 20, "fd": 1.0, "gamma": 0.5}, {"step": 30, "fd": 0.5, "gamma": 1.0}]
     samples = (rng.standard_normal((64, 8)), rng.standard_normal((64, 8)) + 1)  # 8-D: PCA plane

@@ -197,23 +197,6 @@ def _clean_key(key: str) -> str:
     return key[:MAX_KEY]
 
 
-def _plain(value: Any) -> Any:
-    """A YAML-safe copy of ``value`` (dicts, lists, scalars, strings)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return _plain(value.to_dict())
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return value.tolist()
-    return str(value)
-
-
 def _check_id(field: str, value: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(field, f"must be a non-empty string, got {value!r}")
@@ -403,10 +386,10 @@ class SweepTracker:
             self.client.log_artifacts(run_id, str(local), artifact_path)
 
     def log_config(self, run_id: str, config: Mapping[str, Any]) -> None:
-        """The resolved config as the YAML artifact ``config.yaml``."""
+        """The resolved config (plain data, e.g. ``TrainConfig.to_dict()``) as the artifact ``config.yaml``."""
         with tempfile.TemporaryDirectory(prefix="dmf_ray_cfg_") as tmp:
             path = Path(tmp) / "config.yaml"
-            path.write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+            path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
             self.client.log_artifact(run_id, str(path))
 
     def log_figures(self, run_id: str, figures: Mapping[str, str | os.PathLike[str]]) -> None:
