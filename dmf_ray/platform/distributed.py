@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,14 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     """The per-worker training function of ``TorchTrainer``.
 
     ``loop_config``: ``{"train": <TrainConfig>, "resume_from": <checkpoint path, optional>}``;
-    the config comes validated (the sweep builds it once per trial) and only gets this worker's
-    device. A restarted worker group resumes from Train's latest checkpoint; otherwise
-    ``resume_from`` (Train V2's replacement for ``resume_from_checkpoint``) seeds the run.
+    the config comes validated (the sweep builds it once per trial) and is used as it is: its
+    ``device`` ``cuda`` is this worker's own GPU, set by Train. A restarted worker group resumes
+    from Train's latest checkpoint; otherwise ``resume_from`` (Train V2's replacement for
+    ``resume_from_checkpoint``) seeds the run.
     """
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg: TrainConfig = replace(loop_config["train"], device=str(ray.train.torch.get_device()))
+    cfg: TrainConfig = loop_config["train"]
     data = load_dataset(cfg.data)
     state = build_state(cfg, data, rank=rank)
     resume_from = ray.train.get_checkpoint()

@@ -5,8 +5,8 @@ rank the trials, write the summary files, close what a crashed driver left open,
 champion, return a :class:`SweepOutcome`. The CLI (:mod:`dmf_ray.tune`) only builds the plan and
 prints the outcome.
 
-Why this shape (Ray Train V2, docs.ray.io "Hyperparameter Tuning with Ray Tune" in the Train
-guide): a Tune trial is a plain function that builds and fits a ``TorchTrainer`` over
+Why this shape (Ray Train V2's Tune integration, docs.ray.io/en/latest/train/api/tune-integration.html):
+a Tune trial is a plain function that builds and fits a ``TorchTrainer`` over
 :func:`dmf_ray.platform.distributed.worker_loop`; a ``TuneReportCallback`` forwards rank 0's reports
 (metrics plus the checkpoint path) so ASHA and Optuna see every evaluation. MLflow is written only
 on the driver by :class:`MLflowSweepCallback` -- one parent run per sweep, one nested run per
@@ -95,15 +95,20 @@ class SweepPlan:
 
     def searched(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
         """The searched keys of a trial's Tune config, with the values training takes."""
-        names = {p.name for p in self.spec.params}
-        return {k: v for k, v in trial_overrides(tune_config).items() if k in names}
+        return trial_overrides(self.spec, {k: v for k, v in tune_config.items() if k in self.spec.params})
 
     def overrides(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
         """All dotted keys of one trial: the fixed ones, then its searched ones (the one merge)."""
         return {**self.base, **self.searched(tune_config)}
 
+    @property
+    def device(self) -> str:
+        """The workers' device. ``cuda`` is each worker's own GPU: Train V2 sets every worker's
+        default CUDA device (``TorchConfigContextManager`` in ray/train/torch/config.py)."""
+        return "cuda" if self.spec.resources.gpus_per_worker > 0 else "cpu"
+
     def trial_config(self, tune_config: Mapping[str, Any]) -> TrainConfig:
-        return load_train_config(None, self.overrides(tune_config))
+        return load_train_config(None, {**self.overrides(tune_config), "device": self.device})
 
 
 def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
@@ -351,7 +356,7 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
     frame["config"] = [dict(results[tid].config or {}) for tid in frame.index]
     frame["failed"] = frame["status"] != "OK"
     ranked = frame.sort_values(["failed", plan.spec.metric], ascending=[True, plan.spec.mode == "min"],
-                               na_position="last", kind="stable")
+                               na_position="last")
     return ranked.drop(columns="failed").reset_index(drop=True)
 
 
