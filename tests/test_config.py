@@ -251,3 +251,90 @@ def test_round_trip_to_dict_and_back() -> None:
 def test_checkpoint_metadata_edge_names_the_model_key() -> None:
     with pytest.raises(ConfigError, match=r"^model\.depth: must be >= 1, got 0$"):
         GeneratorConfig.from_dict({"dim": 2, "depth": 0})
+
+
+# --------------------------------------------------------------------------- the search-space file
+
+SPACE: dict[str, Any] = {
+    "num_samples": 1,
+    "max_concurrent": 1,
+    "fixed": {"steps": 20, "eval_every": 10, "batch_size": 64},
+    "params": {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
+}
+
+
+def _space_error(change: dict[str, Any], params: dict[str, Any] | None = None) -> ConfigError:
+    raw = {**SPACE, **change, "params": {**SPACE["params"], **(params or {})}}
+    with pytest.raises(ConfigError) as info:
+        search_space_from_dict(raw, source="s.yaml")
+    assert str(info.value).endswith(" (in s.yaml)") and "\n" not in str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("change", "params", "message"),
+    [
+        ({}, {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "lgo": True}},
+         "params.optim.lr.lgo: unknown key (known: high, log, low, step, type, when)"),
+        ({"num_samples": 0}, None, "num_samples: must be >= 1, got 0"),
+        ({"num_samples": "eight"}, None, "num_samples: must be an integer, got 'eight'"),
+        ({}, {"optim.lr": {"type": "float", "low": 0.1, "high": 0.01}}, "params.optim.lr.low: must be < high, got low=0.1, high=0.01"),
+        ({}, {"optim.lr": {"type": "float", "low": 0.0, "high": 0.01, "log": True}},
+         "params.optim.lr.low: must be > 0 with log: true, got 0.0"),
+        ({}, {"optim.lr": {"type": "float", "low": "1e-4", "high": 0.01}},
+         "params.optim.lr.low: must be a number, got '1e-4' (YAML reads numbers like 1e-4 as strings; write 1.0e-4)"),
+        ({}, {"batch_size": {"type": "int", "low": 64, "high": 256, "step": 64}},
+         "params.batch_size: is also set in fixed (fixed.batch_size); a key is either fixed or searched"),
+        ({}, {"seed": {"type": "int", "low": 0, "high": 250, "step": 64}},
+         "params.seed.high: high - low must be a multiple of step 64, got low=0, high=250"),
+        ({}, {"seed": {"type": "int", "low": 0.0, "high": 4}}, "params.seed.low: must be an integer, got 0.0"),
+        ({}, {"seed": {"low": 0, "high": 4}}, "params.seed.type: required: one of 'float', 'int', 'categorical'"),
+        ({}, {"seed": {"type": "integer", "low": 0, "high": 4}},
+         "params.seed.type: must be one of 'float', 'int', 'categorical', got 'integer'"),
+        ({"fixed": {"steps": 1}}, None, "fixed.steps: rejected by the training config: steps: must be >= 2, got 1"),
+        ({}, {"friction.warmup": {"type": "float", "low": 0.0, "high": 1.0}},
+         "params.friction.warmup.high: 1.0 rejected by the training config: friction.warmup: must be < 1.0, got 1.0"),
+        ({}, {"drift.temperatures": {"type": "categorical", "choices": {"ok": [0.2], "zero": [0.0]}}},
+         "params.drift.temperatures.choices: 'zero' = [0.0] rejected by the training config: "
+         "drift.temperatures: must be > 0.0, got 0.0"),
+        ({"scheduler": {"type": "asha", "grace_period": 20}}, None,
+         "scheduler.grace_period: must be < max_t = 20 training steps, got 20"),
+        ({"scheduler": {"type": "asha", "reduction_factor": 1}}, None, "scheduler.reduction_factor: must be > 1.0, got 1"),
+        ({"sampler": {"type": "cmaes"}}, None, "sampler.type: must be one of 'tpe', 'random', got 'cmaes'"),
+        ({"sampler": {"type": "random", "n_startup_trials": 3}}, None,
+         "sampler.n_startup_trials: unknown key (known: seed, type)"),
+        ({"resources": {"cpus_per_worker": 0}}, None, "resources.cpus_per_worker: must be >= 0.05, got 0"),
+        ({"metricz": "fd"}, None, "metricz: unknown key (known: fixed, max_concurrent, metric, mode, num_samples, "
+         "params, resources, sampler, scheduler)"),
+    ],
+)
+def test_search_space_messages(change: dict[str, Any], params: dict[str, Any] | None, message: str) -> None:
+    assert str(_space_error(change, params)) == f"{message} (in s.yaml)"
+
+
+def test_search_space_defaults_and_discriminated_sections() -> None:
+    spec = search_space_from_dict({"params": {"seed": {"type": "int", "low": 0, "high": 3}}})
+    assert (spec.metric, spec.mode, spec.num_samples, spec.max_concurrent) == ("fd", "min", 8, 2)
+    assert (spec.sampler.type, spec.sampler.n_startup_trials, spec.scheduler.type) == ("tpe", 10, "none")
+    spec = search_space_from_dict({**SPACE, "sampler": {"seed": None}, "scheduler": {"type": "asha"}})
+    assert spec.sampler.type == "tpe" and spec.sampler.seed is None  # type defaults to tpe
+    assert (spec.scheduler.grace_period, spec.scheduler.max_t) == (10, 20)  # eval_every, fixed steps
+
+
+def test_labelled_choices_resolve_to_their_values() -> None:
+    spec = search_space_from_dict({**SPACE, "params": {
+        "drift.temperatures": {"type": "categorical", "choices": {"a": [0.05], "ab": [0.05, 0.2]}},
+        "drift.drift_norm": {"type": "categorical", "choices": [False, True], "when": {"drift.temperatures": "ab"}},
+    }})
+    temperatures = spec.params["drift.temperatures"]
+    assert temperatures.options == ("a", "ab") and temperatures.value("ab") == [0.05, 0.2]
+    overrides = trial_overrides(spec, {"drift.temperatures": "ab", "drift.drift_norm": False})
+    assert overrides == {"drift.temperatures": [0.05, 0.2], "drift.drift_norm": False}
+    cfg = load_train_config(None, {**spec.fixed, **overrides})
+    assert cfg.drift.temperatures == (0.05, 0.2) and cfg.drift.drift_norm is False
+    # `when` names a label, never a value; a list of values needs labels.
+    bad = _space_error({}, {"drift.temperatures": {"type": "categorical", "choices": {"a": [0.05]}},
+                            "drift.kernel": {"type": "categorical", "choices": ["laplace"], "when": {"drift.temperatures": [0.05]}}})
+    assert bad.field == "params.drift.kernel.when" and "0.05 is not a value it can take (its choices ['a'])" in str(bad)
+    unlabelled = _space_error({}, {"drift.temperatures": {"type": "categorical", "choices": [[0.05]]}})
+    assert unlabelled.field == "params.drift.temperatures.choices" and "needs a label" in str(unlabelled)

@@ -35,7 +35,7 @@ def write_space(path: Path, *, num_samples: int, workers: int = 1, cpus: float =
         "scheduler": {"type": scheduler},
         "resources": {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": 0},
         "fixed": {**FIXED, **(fixed or {})},
-        "params": params or {"drift.temperatures": {"type": "categorical", "choices": [[0.2], [0.5]]}},
+        "params": params or {"drift.temperatures": {"type": "categorical", "choices": {"t2": [0.2], "t5": [0.5]}}},
     }
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path

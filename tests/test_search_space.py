@@ -1,4 +1,4 @@
-"""Search-space files: loading, validation errors, define-by-run conditions, encoding, Tune objects.
+"""Search-space files: loading, validation errors, define-by-run conditions, labelled choices, Tune objects.
 
 No Ray cluster is started: OptunaSearch and ASHAScheduler are plain objects until a Tuner runs.
 """
@@ -16,9 +16,8 @@ from dmf_ray.trainer.config import load_train_config
 from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.platform.search_space import (
     SearchSpec,
-    decode_choice,
     define_by_run,
-    encode_choice,
+    is_active,
     load_search_space,
     make_scheduler,
     make_searcher,
@@ -48,7 +47,7 @@ def valid_raw() -> dict[str, Any]:
             "friction.power": {
                 "type": "float", "low": 0.5, "high": 3.0, "log": True, "when": {"friction.schedule": "power"},
             },
-            "drift.temperatures": {"type": "categorical", "choices": [[0.05], [0.05, 0.2]]},
+            "drift.temperatures": {"type": "categorical", "choices": {"a": [0.05], "ab": [0.05, 0.2]}},
             "batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
         },
     }
@@ -57,9 +56,9 @@ def valid_raw() -> dict[str, Any]:
 def test_valid_raw_loads_with_resolved_scheduler() -> None:
     spec = search_space_from_dict(valid_raw())
     assert isinstance(spec, SearchSpec)
-    assert [p.name for p in spec.params] == ["friction.schedule", "friction.power", "drift.temperatures", "batch_size"]
+    assert list(spec.params) == ["friction.schedule", "friction.power", "drift.temperatures", "batch_size"]
     assert spec.scheduler.max_t == 100  # defaults to fixed steps
-    assert spec.param("friction.power").when == {"friction.schedule": ("power",)}
+    assert spec.params["friction.power"].when == {"friction.schedule": ("power",)}
 
 
 @pytest.mark.parametrize("name", ["friction", "kernel", "full"])
@@ -121,10 +120,12 @@ INVALID: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("wrong type bound", _set("params/friction.power/high", "1e-4"), "params.friction.power.high", "1.0e-4"),
     ("low >= high", _set("params/friction.power/low", 3.0), "params.friction.power.low", "< high"),
     ("log with low <= 0", _set("params/friction.power/low", 0.0), "params.friction.power.low", "log"),
-    ("tau <= 0 in choices", _set("params/drift.temperatures/choices", [[0.0]]),
+    ("tau <= 0 in choices", _set("params/drift.temperatures/choices", {"zero": [0.0]}),
      "params.drift.temperatures.choices", "drift.temperatures"),
-    ("empty temperature list", _set("params/drift.temperatures/choices", [[]]),
+    ("empty temperature list", _set("params/drift.temperatures/choices", {"none": []}),
      "params.drift.temperatures.choices", "drift.temperatures: must not be empty"),
+    ("list choice without a label", _set("params/drift.temperatures/choices", [[0.05], [0.2]]),
+     "params.drift.temperatures.choices", "label"),
     ("empty choices", _set("params/drift.temperatures/choices", []), "params.drift.temperatures.choices", "empty"),
     ("schedule param out of domain",
      _add_param("friction.midpoint", {"type": "float", "low": 0.5, "high": 1.5}),
@@ -201,43 +202,42 @@ def test_define_by_run_respects_when_over_many_asks() -> None:
     seen = set()
     for i in range(30):
         trial = study.ask()
-        constants = space(trial)
-        assert constants == spec.fixed and constants is not spec.fixed
+        assert space(trial) is None  # no constants: the fixed keys are the sweep's to merge, once
         params = trial.params
         schedule = params["friction.schedule"]
         seen.add(schedule)
         for name, schedules in conditional.items():
             assert (name in params) == (schedule in schedules), (name, params)
         assert "friction.order" in params
-        cfg = load_train_config(None, trial_overrides({**params, **constants}))
+        cfg = load_train_config(None, {**spec.fixed, **trial_overrides(spec, params)})
         assert cfg.friction.schedule == schedule
         study.tell(trial, float(i % 7))
     assert {"power", "sigmoid", "step"} <= seen
 
 
-def test_list_choices_round_trip_into_train_config() -> None:
+def test_list_choices_are_suggested_by_label_and_resolved_into_train_config() -> None:
     spec = load_search_space(SPACES / "kernel.yaml")
     space = define_by_run(spec)
-    choices = spec.param("drift.temperatures").choices
-    assert any(len(c) > 1 for c in choices)
-    for choice in choices:
-        encoded = encode_choice(choice)
-        assert isinstance(encoded, str) and decode_choice(encoded) == choice
+    temperatures = spec.params["drift.temperatures"]
+    assert all(isinstance(label, str) for label in temperatures.options)
+    assert any(len(temperatures.value(label)) > 1 for label in temperatures.options)
+    for label in temperatures.options:
         trial = optuna.trial.FixedTrial(
-            {"drift.kernel": "gaussian", "drift.temperatures": encoded, "drift.normalization": "row",
+            {"drift.kernel": "gaussian", "drift.temperatures": label, "drift.normalization": "row",
              "drift.distance_norm": True, "drift.drift_norm": True}
         )
-        constants = space(trial)
-        config = {**trial.params, **constants}
-        assert ("drift.drift_norm" in trial.params) == (len(choice) > 1)
-        cfg = load_train_config(None, trial_overrides(config))
-        assert cfg.drift.temperatures == tuple(choice)
+        assert space(trial) is None
+        assert ("drift.drift_norm" in trial.params) == (len(temperatures.value(label)) > 1)
+        cfg = load_train_config(None, {**spec.fixed, **trial_overrides(spec, trial.params)})
+        assert cfg.drift.temperatures == tuple(temperatures.value(label))
         assert cfg.drift.kernel == "gaussian" and cfg.steps == spec.fixed["steps"]
-    # Scalars pass through unchanged; trial_overrides does not touch its input.
-    config = {"friction.order": "second", "drift.temperatures": encode_choice([0.05, 0.2])}
+    # Scalars pass through unchanged; labels become their values; the input is not touched.
+    config = {"drift.kernel": "laplace", "drift.temperatures": "t05_2"}
     before = copy.deepcopy(config)
-    assert trial_overrides(config) == {"friction.order": "second", "drift.temperatures": [0.05, 0.2]}
+    assert trial_overrides(spec, config) == {"drift.kernel": "laplace", "drift.temperatures": [0.05, 0.2]}
     assert config == before
+    with pytest.raises(ConfigError, match=r"^steps: is not a searched param"):
+        trial_overrides(spec, {"steps": 3})
 
 
 def test_make_searcher_and_scheduler() -> None:
@@ -250,8 +250,8 @@ def test_make_searcher_and_scheduler() -> None:
     assert (searcher.metric, searcher.mode) == ("fd", "min")
     assert isinstance(searcher._sampler, optuna.samplers.TPESampler)
     config = searcher.suggest("trial-1")
-    assert config["steps"] == spec.fixed["steps"] and "friction.schedule" in config
-    load_train_config(None, trial_overrides(config))
+    assert "friction.schedule" in config and not set(config) & set(spec.fixed)
+    assert load_train_config(None, {**spec.fixed, **trial_overrides(spec, config)}).steps == spec.fixed["steps"]
 
     scheduler = make_scheduler(spec)
     assert isinstance(scheduler, ASHAScheduler)
@@ -271,20 +271,25 @@ def test_make_searcher_and_scheduler() -> None:
 def test_when_forms_for_list_and_numeric_params() -> None:
     raw = valid_raw()
     raw["params"] = {
-        "drift.temperatures": {"type": "categorical", "choices": [[0.05], [0.2], [0.05, 0.2]]},
-        "drift.drift_norm": {"type": "categorical", "choices": [False, True], "when": {"drift.temperatures": [0.05, 0.2]}},
+        "drift.temperatures": {"type": "categorical", "choices": {"a": [0.05], "b": [0.2], "ab": [0.05, 0.2]}},
+        "drift.drift_norm": {"type": "categorical", "choices": [False, True], "when": {"drift.temperatures": "ab"}},
         "drift.kernel": {"type": "categorical", "choices": ["laplace", "gaussian"],
-                         "when": {"drift.temperatures": [[0.05], [0.2]]}},
+                         "when": {"drift.temperatures": ["a", "b"]}},
         "batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
         "optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True, "when": {"batch_size": [64, 128]}},
     }
     spec = search_space_from_dict(raw)
-    norm, kernel, lr = spec.param("drift.drift_norm"), spec.param("drift.kernel"), spec.param("optim.lr")
-    assert norm.when == {"drift.temperatures": ([0.05, 0.2],)}  # one choice, not "0.05 or 0.2"
-    assert kernel.when == {"drift.temperatures": ([0.05], [0.2])}  # any of two choices
-    assert norm.is_active({"drift.temperatures": (0.05, 0.2)}) and not norm.is_active({"drift.temperatures": [0.2]})
-    assert kernel.is_active({"drift.temperatures": [0.2]}) and not kernel.is_active({})
-    assert lr.is_active({"batch_size": 128}) and not lr.is_active({"batch_size": 192})
+    norm, kernel, lr = spec.params["drift.drift_norm"], spec.params["drift.kernel"], spec.params["optim.lr"]
+    assert norm.when == {"drift.temperatures": ("ab",)}  # one label
+    assert kernel.when == {"drift.temperatures": ("a", "b")}  # any of two labels
+    assert is_active(norm, {"drift.temperatures": "ab"}) and not is_active(norm, {"drift.temperatures": "b"})
+    assert is_active(kernel, {"drift.temperatures": "b"}) and not is_active(kernel, {})
+    assert is_active(lr, {"batch_size": 128}) and not is_active(lr, {"batch_size": 192})
+
+    raw["params"]["drift.kernel"]["when"] = {"drift.temperatures": [[0.05]]}  # a value, not a label
+    with pytest.raises(ConfigError, match=r"^params\.drift\.kernel\.when: drift\.temperatures: \[0\.05\] is not a value"):
+        search_space_from_dict(raw)
+    raw["params"]["drift.kernel"]["when"] = {"drift.temperatures": ["a", "b"]}
 
     raw["params"]["optim.lr"]["when"] = {"batch_size": [64, 100]}
     with pytest.raises(ConfigError, match=r"^params\.optim\.lr\.when: batch_size: 100"):

@@ -39,7 +39,7 @@ TINY_SPACE = {
     "params": {
         "friction.schedule": {"type": "categorical", "choices": ["linear", "power"]},
         "friction.power": {"type": "float", "low": 0.5, "high": 3.0, "when": {"friction.schedule": "power"}},
-        "drift.temperatures": {"type": "categorical", "choices": [[0.2], [0.5]]},
+        "drift.temperatures": {"type": "categorical", "choices": {"t2": [0.2], "t5": [0.5]}},
     },
 }
 
