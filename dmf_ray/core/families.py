@@ -39,7 +39,9 @@ mean(((x - sg(x + V)) / s)^2)):
 * ``sinkhorn`` ignores ``kernel`` and ``temperatures``: its cost is the squared distance.
 
 Precision: inputs in bf16/fp16/fp32 are computed in float32, float64 inputs stay float64 (the
-identity tests use that). Only :func:`sharp_potential` builds an autograd graph.
+identity tests use that). Only :func:`sharp_potential` builds an autograd graph: ``kl_parzen``
+and ``mmd`` are computed in closed form because autograd of their scalars is slower (measured
+by benchmarks/families_benchmark.py, recorded in benchmarks/RESULTS.md).
 
 Memory: the non-core families are dense O(B * N) per temperature (N = B + M targets), with no
 chunking: a handful of B x N matrices of the working dtype at once (Sinkhorn: two B x M / B x B
