@@ -296,7 +296,7 @@ def test_shard_returns_the_rows_of_the_full_drift(family: str) -> None:
 def test_family_keys_load_from_dotted_overrides_and_round_trip() -> None:
     cfg = load_train_config(None, {"drift.family": "sinkhorn", "drift.sinkhorn_epsilon": 1, "drift.sinkhorn_iterations": 7})
     assert (cfg.drift.family, cfg.drift.sinkhorn_epsilon, cfg.drift.sinkhorn_iterations) == ("sinkhorn", 1.0, 7)
-    d = cfg.drift.to_dict()
+    d = cfg.to_dict()["drift"]
     assert d["family"] == "sinkhorn" and d["sinkhorn_epsilon"] == 1.0 and d["sinkhorn_iterations"] == 7
     assert load_train_config(None, {"drift": d}).drift == cfg.drift
     with pytest.raises(ConfigError, match=r"^drift\.family"):

@@ -27,7 +27,7 @@ a sparse above-floor product, bf16 products); training calls that one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol, get_args
 
 import pydantic.dataclasses
@@ -36,7 +36,7 @@ from pydantic import Field
 from torch import Tensor
 
 from dmf_ray.core.geometry import sq_distances
-from dmf_ray.schema import SECTION, Bool, Float, Fraction, PositiveFloat, PositiveFloats, PositiveInt, plain
+from dmf_ray.schema import SECTION, Bool, Float, Fraction, PositiveFloat, PositiveFloats, PositiveInt
 
 Kernel = Literal["laplace", "gaussian"]
 Normalization = Literal["row", "bidirectional", "sharp"]
@@ -105,10 +105,6 @@ class DriftConfig:
     family: Family = "drifting"
     sinkhorn_epsilon: PositiveFloat = 0.05
     sinkhorn_iterations: PositiveInt = 50
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (lists for tuples) for YAML / MLflow params."""
-        return plain(asdict(self))
 
 
 # Presets are data. `reference` is the authors' released algorithm (their drift_loss.py);
