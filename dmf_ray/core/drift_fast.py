@@ -130,7 +130,8 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
     if cfg.normalization == "bidirectional":
         col_lse = torch.full((len(cfg.temperatures), n), -math.inf, device=x.device)
         for start in starts:
-            col_lse = torch.logaddexp(col_lse, _column_logsumexp(kernel_args(start), cfg, ws))
+            u = kernel_args(start)
+            col_lse = torch.logaddexp(col_lse, _kernel_lse(u, kappas(cfg), 0, ws.scratch(u.shape[0])))
         half_col_lse = shard_reduce(shard, "logsumexp", col_lse).mul_(0.5)
 
     # Pass 3: per-temperature forces, chunk by chunk.
@@ -144,8 +145,6 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
         # Unit RMS in normalised coordinates, mapped back: s * (G / s) / rms = G / rms.
         forces.div_(rms[:, None, None])
     return DriftResult(drift=forces.sum(0), scale=coord_scale, force_rms=rms)
-
-
 
 
 def _chunk_rows(cfg: DriftConfig, b: int, n: int) -> int:
@@ -176,7 +175,6 @@ def _float64_total(m: Tensor) -> Tensor:
     ``m.sum(dtype=float64)`` converts the whole matrix first, which costs more than the sum.
     """
     return m.sum(1).sum(dtype=torch.float64)
-
 
 
 class _Workspace:
@@ -216,7 +214,7 @@ class _Workspace:
         return torch.mm(low, self._targets_bf16).float()
 
     def distances(self, x_rows: Tensor, targets: Tensor) -> Tensor:
-        """Euclidean distances [c, N] (|x|^2 + |y|^2 - 2 x.y, one matrix product)."""
+        """Euclidean distances [c, N] of ``x_rows`` to the targets, in the workspace buffer."""
         c = x_rows.shape[0]
         out = self._dist[: c * self.n].view(c, self.n)
         with _tf32(self.precision == "tf32"):
@@ -235,7 +233,6 @@ class _Workspace:
         if self._coeff is None:
             self._coeff = torch.empty(self.n_temps * self.chunk * self.n, device=self.device)
         return self._coeff[: self.n_temps * c * self.n].view(self.n_temps, c, self.n)
-
 
 
 def _lse_(buf: Tensor, shift: Tensor, dim: int) -> Tensor:
@@ -281,11 +278,6 @@ def _kernel_lse(u: Tensor, kappas: list[float], dim: int, scratch: Tensor) -> Te
             sums[t].append(buf.sum(dim))
     total = [torch.cat(parts) if dim == 1 else torch.stack(parts).sum(0) for parts in sums]
     return torch.stack([tot.log_().sub_(shift.squeeze(dim)) for tot, shift in zip(total, shifts)])
-
-
-def _column_logsumexp(u: Tensor, cfg: DriftConfig, ws: _Workspace) -> Tensor:
-    """log sum_i k(x_i, y_j) over this chunk's rows, per temperature: [T, N]."""
-    return _kernel_lse(u, kappas(cfg), 0, ws.scratch(u.shape[0]))
 
 
 def _chunk_forces(
