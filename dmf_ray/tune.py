@@ -70,6 +70,8 @@ def spec_with_flags(spec: SearchSpec, args: argparse.Namespace) -> SearchSpec:
         raise ConfigError("cpus-per-worker", f"must be >= {MIN_CPUS_PER_WORKER}, got {args.cpus_per_worker}")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         raise ConfigError("gpus-per-worker", f"must be >= 0, got {args.gpus_per_worker}")
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError("seed", f"must be >= 0, got {args.seed}")
     res = replace(
         spec.resources,
         **{k: v for k, v in (("workers", args.workers), ("cpus_per_worker", args.cpus_per_worker),
