@@ -51,8 +51,8 @@ Every name in ``fixed`` and ``params`` must be a real TrainConfig key (``section
 loop key such as ``steps``), and every fixed value, bound and choice must be accepted by the
 training config: loading builds one TrainConfig per extreme (each param at its low, its high and
 each choice, the params it depends on set so that its ``when`` holds, every other param at its
-first value) through :func:`dmf_ray.trainer.config.load_train_config` -- about 15 us each,
-a few milliseconds for a file. Errors are :class:`~dmf_ray.errors.ConfigError` whose field is
+first value) through :func:`dmf_ray.trainer.config.load_train_config`, once, at load time.
+Errors are :class:`~dmf_ray.errors.ConfigError` whose field is
 the key path in the file, e.g. ``params.friction.power.low``, ``scheduler.grace_period``,
 ``fixed.steps``, ending with ``(in <file>)``; a file that cannot be read or parsed is a
 :class:`~dmf_ray.errors.DataError` naming the file.
