@@ -93,13 +93,9 @@ class SweepPlan:
         """The trials' champion pool, e.g. ``ffhq-alae/adult2child`` (see :func:`dataset_label`)."""
         return dataset_label(self.base_config.data)
 
-    def searched(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
-        """The searched keys of a trial's Tune config, with the values training takes."""
-        return trial_overrides(self.spec, {k: v for k, v in tune_config.items() if k in self.spec.params})
-
     def overrides(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
         """All dotted keys of one trial: the fixed ones, then its searched ones (the one merge)."""
-        return {**self.base, **self.searched(tune_config)}
+        return {**self.base, **trial_overrides(self.spec, tune_config)}
 
     @property
     def device(self) -> str:
@@ -352,7 +348,7 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
     frame["step"] = frame["step"].fillna(0).astype(int)
     frame["status"] = ["ERROR" if results[tid].error else "DIVERGED" if diverged == 1 else "OK"
                        for tid, diverged in frame["diverged"].items()]
-    frame["params"] = [plan.searched(results[tid].config or {}) for tid in frame.index]
+    frame["params"] = [trial_overrides(plan.spec, results[tid].config or {}) for tid in frame.index]
     frame["config"] = [dict(results[tid].config or {}) for tid in frame.index]
     frame["failed"] = frame["status"] != "OK"
     ranked = frame.sort_values(["failed", plan.spec.metric], ascending=[True, plan.spec.mode == "min"],
