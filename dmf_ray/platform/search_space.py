@@ -417,11 +417,11 @@ def _check_config_key(dotted: Any) -> None:
     """ConfigError(dotted, ...) unless ``dotted`` names one TrainConfig setting."""
     if not isinstance(dotted, str) or not dotted:
         raise ConfigError(str(dotted), f"must be a dotted TrainConfig key, got {dotted!r}")
-    top = {f.name: f.type for f in fields(TrainConfig)}
+    top = TrainConfig.__pydantic_fields__
     head, _, rest = dotted.partition(".")
     if head not in top:
         raise ConfigError(dotted, f"not a training config key: {head!r} is unknown (known: {', '.join(sorted(top))})")
-    section = TrainConfig.__pydantic_fields__[head].annotation
+    section = top[head].annotation
     if not is_dataclass(section):
         if rest:
             raise ConfigError(dotted, f"not a training config key: {head!r} is a setting, not a section")
