@@ -16,11 +16,13 @@ the same sqlite store race. Trial folders are named by their trial id (``trial_d
 One value's way from the YAML file to the training step, ``friction.schedule``:
 
 1. :mod:`dmf_ray.platform.search_space` reads ``params.friction.schedule`` (validated with the
-   file) and Optuna suggests a choice into the trial's Tune config;
+   file) and Optuna suggests one of its choices into the trial's Tune config;
 2. :mod:`dmf_ray.platform.sweep` (:meth:`SweepPlan.trial_config`, in :func:`run_trial`) merges the
-   plan's fixed keys once with :func:`~dmf_ray.platform.search_space.trial_overrides` and validates
-   the trial's :class:`~dmf_ray.trainer.config.TrainConfig` once (the config's own models check
-   ``friction.schedule``); that object is the TorchTrainer's ``train_loop_config``;
+   plan's fixed keys once with the trial's values
+   (:func:`~dmf_ray.platform.search_space.trial_overrides`) and validates the trial's
+   :class:`~dmf_ray.trainer.config.TrainConfig` once (pydantic, with the field declared in
+   :class:`~dmf_ray.core.friction.FrictionConfig`); that object is the TorchTrainer's
+   ``train_loop_config``;
 3. :mod:`dmf_ray.platform.distributed` (:func:`worker_loop`) trains that object as it came
    (through :func:`dmf_ray.trainer.run.run_training`, which wires the scorer and passes it on);
 4. :mod:`dmf_ray.trainer.engine` (``train_step``) asks ``gamma(cfg.friction, step, cfg.steps)``;
