@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray")
 import mlflow  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from dmf_ray.platform.distributed import FAULT_GATE_ENV  # noqa: E402
 from dmf_ray.tune import main as tune_main  # noqa: E402
 from dmf_ray.tune import run as tune_run  # noqa: E402
 
@@ -56,10 +57,6 @@ def wait_for(predicate, timeout: float, poll: float = 0.5):
             return value
         time.sleep(poll)
     return None
-
-
-def first_checkpoint(storage: Path):
-    return next(iter(storage.glob("*/train_runs/*/checkpoint_*")), None)
 
 
 @pytest.fixture
@@ -116,27 +113,29 @@ def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, tmp_pat
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorded_once(tmp_path) -> None:
-    from ray.util.state import list_actors
-
+def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorded_once(tmp_path, monkeypatch) -> None:
+    # The worker itself stops at the fault gate after its first checkpoint (distributed.py):
+    # it is killed there, never raced against the clock, then the gate opens for the retry.
     space = write_space(tmp_path / "kill.yaml", num_samples=1, fixed={"steps": 400})
     storage = tmp_path / "store"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv(FAULT_GATE_ENV, str(gate))
     killed: list[int] = []
 
     def kill_one_worker() -> None:
-        if wait_for(lambda: first_checkpoint(storage), timeout=240) is None:
-            return
-        actors = wait_for(lambda: list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]), 60)
-        for actor in actors or []:
-            os.kill(actor.pid, signal.SIGKILL)
-            killed.append(actor.pid)
-            return
+        marker = wait_for(lambda: next(gate.glob("checkpointed_rank0"), None), timeout=240)
+        if marker is not None:
+            pid = int(marker.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        (gate / "release").write_text("")
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
     out = tune_run(["--space", str(space), "--storage-path", str(storage), "--name", "kill"])
     killer.join(timeout=10)
-    assert killed, "the test never killed a worker"
+    assert killed, "the worker never reached the fault gate"
     row = out.trials.iloc[0]
     assert row["status"] == "OK" and row["step"] == 400
     (run,) = trial_runs(out.plan)

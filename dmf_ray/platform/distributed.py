@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,12 @@ CHECKPOINT_FILE = "state.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 HISTORY_FILE = "history.json"
 SCORE_KEYS = (*METRIC_NAMES, "loss", "drift_rms", "gamma", "lr")
+# Fault injection at a known point of the run, not at a moment of the clock: with this variable
+# naming a folder, each worker writes ``checkpointed_rank<r>`` (its pid) there after every
+# checkpoint it reports and waits, at most FAULT_GATE_WAIT_S, until a file ``release`` exists.
+# tests/test_faults.py kills the worker while it waits; unset, nothing happens.
+FAULT_GATE_ENV = "DMF_RAY_FAULT_GATE"
+FAULT_GATE_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
                 scores = {k: v for k, v in record.items() if k in SCORE_KEYS}
                 metrics = {"step": state.step, **scores, "worker_nodes": placement}
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        fault_gate(rank)
 
     try:
         run_training(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None, score=rank == 0)
@@ -124,6 +133,17 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         # NaN scores: the searcher records a failed trial and the scheduler ignores it.
         nan_scores = dict.fromkeys(METRIC_NAMES, math.nan)
         ray.train.report({"step": state.step, **nan_scores, "diverged": 1.0, "reason": str(exc)} if rank == 0 else {})
+
+
+def fault_gate(rank: int) -> None:
+    """Stop at the fault gate (see FAULT_GATE_ENV) when one is set; a bounded wait."""
+    gate = os.environ.get(FAULT_GATE_ENV)
+    if not gate:
+        return
+    (Path(gate) / f"checkpointed_rank{rank}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + FAULT_GATE_WAIT_S
+    while not (Path(gate) / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def rank_file(rank: int) -> str:

@@ -54,7 +54,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from dmf_ray.core.models import load_generator
 from dmf_ray.data import DataConfig, TranslationData, load_dataset
 from dmf_ray.errors import ConfigError
-from dmf_ray.platform.distributed import GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
+from dmf_ray.platform.distributed import FAULT_GATE_ENV, GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
 from dmf_ray.platform.registry import RegistrationResult, dataset_label, log_generator, register_if_champion
 from dmf_ray.platform.search_space import SearchSpec, make_scheduler, make_searcher, trial_overrides
 from dmf_ray.platform.tracking import SweepTracker
@@ -473,7 +473,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(address=plan.address or "local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+    env_vars = {**RAY_ENV, **{k: v for k, v in os.environ.items() if k == FAULT_GATE_ENV}}
+    ray.init(address=plan.address or "local", runtime_env={"env_vars": env_vars}, log_to_driver=False)
     try:
         require_reachable_storage(plan)
         grid = build_tuner(plan, resume).fit()
