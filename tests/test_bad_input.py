@@ -301,7 +301,7 @@ CASES: list[Case] = [
     Case("tune-space-fixed-batch-size-bool", TUNE, tune(SPACE.replace("batch_size: 64", "batch_size: true")),
          "fixed.batch_size"),
     Case("tune-space-tau-zero-choice", TUNE,
-         tune(SPACE + "  drift.temperatures: {type: categorical, choices: [[0.2], [0.0]]}\n"),
+         tune(SPACE + "  drift.temperatures: {type: categorical, choices: {a: [0.2], z: [0.0]}}\n"),
          "params.drift.temperatures"),
     Case("tune-space-warmup-high-one", TUNE, tune(SPACE + "  friction.warmup: {type: float, low: 0.0, high: 1.0}\n"),
          "params.friction.warmup.high"),
