@@ -1,8 +1,9 @@
-"""Image-space metrics: CMMD formula, CLIP embedder, clean-fid FID, decoder hook, image_scores.
+"""Image-space metrics: CMMD formula, CLIP embedder, clean-fid FID, decoder hook, the run's image scorer.
 
 No weights are downloaded: CLIP is a tiny randomly initialised open_clip model registered from a
-config file, FID uses random torch modules as clean-fid custom feature extractors, and clean-fid's
-Inception loader is exercised with a fake TorchScript file of the right name and interface.
+config file, FID uses a random torch module as clean-fid custom feature extractor (standing in
+for the loaded Inception), and clean-fid's Inception loader is exercised with a fake TorchScript
+file of the right name and interface.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from dmf_ray.errors import ConfigError, DataError
+from dmf_ray.eval import image_metrics
 from dmf_ray.eval.image_metrics import (
     INCEPTION_FILENAME,
     ClipEmbedder,
+    build_image_scorer,
     cmmd,
-    fid_from_images,
     image_features,
-    image_scores,
     load_decoder,
     load_inception,
     to_uint8_images,
 )
+from dmf_ray.trainer.config import EvalConfig
 
 TINY_CLIP = "dmf-tiny-clip-test"
 # Widths of 64 because open_clip's OpenAI-state-dict rebuild assumes 64-wide heads.
@@ -129,7 +131,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def embedder(tiny_clip: dict) -> ClipEmbedder:
-    return ClipEmbedder.from_model(tiny_clip["model"], tiny_clip["preprocess"], device="cpu", batch_size=5)
+    return ClipEmbedder(TINY_CLIP, tiny_clip["weights"], device="cpu", batch_size=5)
 
 
 def test_clip_embedder_embeds_unit_vectors_deterministically(embedder: ClipEmbedder) -> None:
@@ -146,9 +148,11 @@ def test_clip_embedder_embeds_unit_vectors_deterministically(embedder: ClipEmbed
 
 
 def test_clip_embedder_from_local_weights_matches_the_model(tiny_clip: dict, embedder: ClipEmbedder) -> None:
-    loaded = ClipEmbedder(TINY_CLIP, tiny_clip["weights"], device="cpu")
     images = _images(4, n=6, size=32)
-    assert torch.allclose(loaded.embed(images), embedder.embed(images), atol=1e-6)
+    with torch.no_grad():
+        pixels = torch.stack([tiny_clip["preprocess"](Image.fromarray(img)) for img in images])
+        expected = tiny_clip["model"].encode_image(pixels, normalize=True)
+    assert torch.allclose(embedder.embed(images), expected, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
@@ -211,21 +215,42 @@ def extractor() -> nn.Module:
     return _RandomExtractor().eval()
 
 
-def test_fid_is_zero_for_identical_sets_and_positive_for_different(extractor: nn.Module) -> None:
-    a = _images(10, n=16)
-    b = _images(11, n=16, low=100)  # brighter pictures
-    assert abs(fid_from_images(a, a, feature_extractor=extractor, device="cpu")) < 1e-6
-    assert fid_from_images(a, b, feature_extractor=extractor, device="cpu") > 1e-3
+@pytest.fixture
+def fid_scorer(extractor: nn.Module, monkeypatch: pytest.MonkeyPatch):
+    """``make(target, **eval_keys)``: build_image_scorer with ``extractor`` standing in for the loaded Inception."""
+    loaded: list[str] = []
+    monkeypatch.setattr(image_metrics, "load_inception", lambda path, device=None: (loaded.append(path), extractor)[1])
+
+    def make(target: torch.Tensor, **keys: object):
+        keys = {"decoder": DECODER, "inception_weights": "inception.pt", "samples": len(target), **keys}
+        score = build_image_scorer(EvalConfig(**keys), target, device="cpu")
+        assert loaded[-1] == keys["inception_weights"]
+        return score
+
+    return make
+
+
+def _latents(seed: int, n: int = 16, shift: float = 0.0) -> torch.Tensor:
+    return torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+def test_fid_is_zero_for_identical_sets_and_positive_for_different(fid_scorer) -> None:
+    target = _latents(10)
+    score = fid_scorer(target)
+    assert set(score(target)) == {"fid_image"}  # only what is configured is reported
+    assert abs(score(target)["fid_image"]) < 1e-6
+    assert score(_latents(11, shift=2.0))["fid_image"] > 1e-3
 
 
 @pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
-def test_fid_matches_clean_fid_frechet_distance_on_the_same_features(extractor: nn.Module) -> None:
-    a, b = _images(12, n=16), _images(13, n=16, high=200)
-    fa = image_features(a, extractor, batch_size=7, device="cpu")
-    fb = image_features(b, extractor, batch_size=7, device="cpu")
+def test_fid_matches_clean_fid_frechet_distance_on_the_same_features(fid_scorer, extractor: nn.Module) -> None:
+    target, mapped = _latents(12), _latents(13, shift=1.0)
+    decoder = load_decoder(DECODER)
+    fa = image_features(decoder(mapped), extractor, batch_size=7, device="cpu")
+    fb = image_features(decoder(target), extractor, batch_size=7, device="cpu")
     assert fa.shape == (16, 6)
     expected = clean_frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
-    assert fid_from_images(a, b, feature_extractor=extractor, device="cpu") == pytest.approx(expected, rel=1e-6)
+    assert fid_scorer(target)(mapped)["fid_image"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_image_features_equal_clean_fid_folder_pipeline(extractor: nn.Module, tmp_path: Path) -> None:
@@ -270,13 +295,11 @@ def test_inception_loads_through_clean_fid_from_a_local_file(tmp_path: Path) -> 
         np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fid_without_weights_fails_clearly(tmp_path: Path, extractor: nn.Module) -> None:
-    a = _images(16, n=4)
-    with pytest.raises(ConfigError, match=r"^eval\.inception_weights: FID on images needs a local Inception file"):
-        fid_from_images(a, a)
+def test_fid_without_weights_fails_clearly(tmp_path: Path) -> None:
     missing = tmp_path / INCEPTION_FILENAME
+    cfg = EvalConfig(decoder=DECODER, inception_weights=str(missing))
     with pytest.raises(DataError) as err:
-        fid_from_images(a, a, inception_path=missing)
+        build_image_scorer(cfg, _latents(16), device="cpu")
     assert str(err.value).startswith(f"{missing}: Inception weights file not found") and "\n" not in str(err.value)
     with pytest.raises(DataError, match=f"^{tmp_path / INCEPTION_FILENAME}: "):
         load_inception(tmp_path)  # a folder without the file
@@ -284,12 +307,10 @@ def test_fid_without_weights_fails_clearly(tmp_path: Path, extractor: nn.Module)
     renamed.write_bytes(b"x")
     with pytest.raises(DataError, match="by the file name inception-2015-12-05.pt"):
         load_inception(renamed)
-    with pytest.raises(ConfigError, match="not both"):
-        fid_from_images(a, a, feature_extractor=extractor, inception_path=missing)
 
 
 # ---------------------------------------------------------------------------------------------
-# Images, decoder hook, image_scores
+# Images, decoder hook, the run's image scorer
 # ---------------------------------------------------------------------------------------------
 
 
@@ -332,54 +353,43 @@ def test_load_decoder_errors_name_the_field(spec: object, problem: str) -> None:
     assert message.startswith("eval.decoder: ") and problem in message and "\n" not in message
 
 
-def test_image_scores_end_to_end(embedder: ClipEmbedder, extractor: nn.Module) -> None:
+def test_image_scorer_end_to_end(tiny_clip: dict, embedder: ClipEmbedder, fid_scorer, monkeypatch) -> None:
+    monkeypatch.setattr(image_metrics, "DECODE_BATCH", 5)  # several decoder batches of 16 latents
     decoder = load_decoder(DECODER)
-    gen = torch.Generator().manual_seed(0)
-    target = torch.randn(16, 8, generator=gen)
-    mapped_good = target.clone()
-    mapped_bad = torch.randn(16, 8, generator=gen) + 2.0
+    target, mapped_bad = _latents(0), _latents(1, shift=2.0)
+    clip = {"clip_model": TINY_CLIP, "clip_weights": str(tiny_clip["weights"])}
 
-    good = image_scores(mapped_good, target, decoder, clip=embedder, fid_extractor=extractor, batch_size=5, device="cpu")
-    bad = image_scores(mapped_bad, target, decoder, clip=embedder, fid_extractor=extractor, batch_size=5, device="cpu")
+    score = fid_scorer(target, **clip)
+    good, bad = score(target.clone()), score(mapped_bad)
     assert set(good) == set(bad) == {"cmmd", "fid_image"}
     assert abs(good["fid_image"]) < 1e-6 and -0.5 < good["cmmd"] <= 0  # identical image sets
     assert bad["fid_image"] > 1e-3 and bad["cmmd"] > good["cmmd"]
 
-    # Same numbers as the step-by-step computation (decode, embed / featurise, score).
+    # Same CMMD as the step-by-step computation (decode, embed, score).
     emb_m, emb_t = embedder.embed(decoder(mapped_bad)), embedder.embed(decoder(target))
     assert bad["cmmd"] == pytest.approx(cmmd(emb_m, emb_t), rel=1e-6)
-    assert bad["fid_image"] == pytest.approx(
-        fid_from_images(decoder(mapped_bad), decoder(target), feature_extractor=extractor, device="cpu"), rel=1e-6
-    )
     # A decoder returning uint8 (N, H, W, 3) pictures gives the same scores; numpy latents work.
-    uint8_decoder = load_decoder("decoders_for_tests:latents_to_uint8")
-    again = image_scores(mapped_bad.numpy(), target.numpy(), uint8_decoder, clip=embedder, fid_extractor=extractor)
+    again = fid_scorer(target.numpy(), decoder="decoders_for_tests:latents_to_uint8", **clip)(mapped_bad.numpy())
     assert again == pytest.approx(bad, rel=1e-6)
     # Only what is configured is reported.
-    assert set(image_scores(mapped_bad, target, decoder, clip=embedder)) == {"cmmd"}
-    assert set(image_scores(mapped_bad, target, decoder, fid_extractor=extractor, device="cpu")) == {"fid_image"}
-    with pytest.raises(ConfigError, match=r"^eval\.decoder: is set, but neither"):
-        image_scores(mapped_bad, target, decoder)
+    only_clip = build_image_scorer(EvalConfig(decoder=DECODER, samples=16, **clip), target, device="cpu")
+    assert set(only_clip(mapped_bad)) == {"cmmd"}
 
 
-def test_image_scorer_decodes_the_target_once_and_scores_like_image_scores(tiny_clip: dict, monkeypatch) -> None:
+def test_image_scorer_decodes_the_target_once(tiny_clip: dict, embedder: ClipEmbedder, monkeypatch) -> None:
     import decoders_for_tests
-
-    from dmf_ray.trainer.config import EvalConfig
-    from dmf_ray.eval.image_metrics import build_image_scorer
 
     decoded: list[int] = []
     original = decoders_for_tests.latents_to_images
     monkeypatch.setattr(decoders_for_tests, "latents_to_images", lambda z: (decoded.append(len(z)), original(z))[1])
     cfg = EvalConfig(decoder=DECODER, clip_model=TINY_CLIP, clip_weights=str(tiny_clip["weights"]), samples=12)
-    gen = torch.Generator().manual_seed(5)
-    target, mapped = torch.randn(20, 8, generator=gen), torch.randn(20, 8, generator=gen) + 1.0
+    target, mapped = _latents(5, n=20), _latents(6, n=20, shift=1.0)
     score = build_image_scorer(cfg, target, device="cpu")
     assert sum(decoded) == 12  # the target's first eval.samples rows, at build time
     first, second = score(mapped), score(mapped)
     assert sum(decoded) == 12 + 2 * 12 and first == second
-    clip = ClipEmbedder(TINY_CLIP, tiny_clip["weights"], device="cpu")
-    assert first == pytest.approx(image_scores(mapped[:12], target[:12], original, clip=clip), rel=1e-6)
+    expected = cmmd(embedder.embed(original(mapped[:12])), embedder.embed(original(target[:12])))
+    assert first == pytest.approx({"cmmd": expected}, rel=1e-6)
     assert build_image_scorer(EvalConfig(), target) is None
 
 

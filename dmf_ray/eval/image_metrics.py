@@ -2,7 +2,7 @@
 
 Why this module exists: latent-space FD/KID (``dmf_ray.eval.metrics``) say how well mapped ALAE W
 latents match the target latents, but papers report image metrics. When a run configures a
-decoder (``eval.decoder = "module:function"``, latents -> images), :func:`image_scores` decodes
+decoder (``eval.decoder = "module:function"``, latents -> images), :func:`build_image_scorer` decodes
 mapped and target latents batch by batch and scores the images with
 
 * **CMMD** (Jayasumana et al. 2024, "Rethinking FID"): MMD^2 with a Gaussian RBF kernel,
@@ -147,7 +147,7 @@ def cmmd(
     (scenic ``encode_image(normalize=True)``) and :meth:`ClipEmbedder.embed` return them; this
     function does not renormalise, so it is a plain kernel MMD on whatever features it gets.
 
-    ``unbiased=True`` (default, the estimator the paper and REFERENCE section 2 name) drops the
+    ``unbiased=True`` (default, the estimator the paper names) drops the
     i = j terms of the within-set sums: E[value] = true MMD^2, so two samples of one distribution
     score about 0 and may score slightly below it. ``unbiased=False`` keeps them (the
     "minimum-variance/biased" V-statistic), which is what google-research/cmmd ``distance.mmd``
@@ -213,8 +213,7 @@ class ClipEmbedder:
     Build it from an open_clip model name and a LOCAL weights file (``ClipEmbedder(name, path)``;
     for CMMD: ``ViT-L-14-336-quickgelu`` with OpenAI's ViT-L/14-336 weights, either OpenAI's
     TorchScript ``ViT-L-14-336px.pt`` or an open_clip state-dict file such as
-    ``open_clip_pytorch_model.bin`` / ``.safetensors``), or wrap an existing model with
-    :meth:`from_model` (tests use a tiny random one; the model is moved to ``device``). Preprocessing is open_clip's own
+    ``open_clip_pytorch_model.bin`` / ``.safetensors``). Preprocessing is open_clip's own
     validation transform (bicubic resize of the short side, centre crop, CLIP mean/std), applied
     to 8-bit PIL images -- the same as the CMMD reference, which centre-crops and bicubic-resizes
     PNGs with PIL before normalising.
@@ -254,27 +253,6 @@ class ClipEmbedder:
         except Exception as exc:  # noqa: BLE001 -- any failure to read the file is a data problem
             raise DataError(path, f"cannot load as open_clip {model_name} weights ({_one_line(exc)})") from exc
         _check_architecture(model, model_name, path)
-        self._setup(model, preprocess, device, batch_size)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: torch.nn.Module,
-        preprocess: Callable[[Image.Image], torch.Tensor],
-        *,
-        device: torch.device | str | None = None,
-        batch_size: int = 32,
-    ) -> ClipEmbedder:
-        """Wrap an open_clip model (anything with ``encode_image``) and its PIL -> tensor transform."""
-        self = cls.__new__(cls)
-        self._setup(model, preprocess, device, batch_size)
-        return self
-
-    def _setup(self, model: torch.nn.Module, preprocess: Callable, device: Any, batch_size: int) -> None:
-        if not hasattr(model, "encode_image"):
-            raise TypeError(f"model must have encode_image (an open_clip model), got {type(model).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess
@@ -352,49 +330,6 @@ def image_features(
     return np.concatenate(feats).reshape(pixels.shape[0], -1)
 
 
-def _fid_extractor(
-    feature_extractor: FeatureExtractor | None,
-    inception_path: str | os.PathLike[str] | None,
-    device: torch.device | str | None,
-) -> FeatureExtractor:
-    if feature_extractor is not None and inception_path is not None:
-        raise ConfigError("eval.inception_weights", "give either a feature extractor or an Inception weights path, not both")
-    if feature_extractor is not None:
-        if not callable(feature_extractor):
-            raise ConfigError("feature_extractor", f"must be callable, got {type(feature_extractor).__name__}")
-        return feature_extractor
-    if inception_path is None:
-        raise ConfigError(
-            "eval.inception_weights",
-            f"FID on images needs a local Inception file ({INCEPTION_FILENAME}) or a custom feature extractor; "
-            "nothing is downloaded",
-        )
-    return load_inception(inception_path, device)
-
-
-def fid_from_images(
-    images_a: ImageBatch,
-    images_b: ImageBatch,
-    feature_extractor: FeatureExtractor | None = None,
-    inception_path: str | os.PathLike[str] | None = None,
-    *,
-    batch_size: int = 64,
-    device: torch.device | str | None = None,
-) -> float:
-    """FID between two image sets with clean-fid's clean resize and Frechet distance.
-
-    Exactly one of ``feature_extractor`` (clean-fid ``custom_feat_extractor`` convention) and
-    ``inception_path`` (local ``inception-2015-12-05.pt``) must be given. The distance is
-    clean-fid's ``frechet_distance`` on the features' mean and unbiased covariance (as its
-    ``fid_from_feats``), via :func:`dmf_ray.eval.metrics.frechet_distance`. FID needs more images
-    than feature dimensions for a full-rank covariance (2048 for Inception) to mean much.
-    """
-    extractor = _fid_extractor(feature_extractor, inception_path, device)
-    fa = image_features(images_a, extractor, batch_size=batch_size, device=device)
-    fb = image_features(images_b, extractor, batch_size=batch_size, device=device)
-    return frechet_distance(fa, fb)
-
-
 # ----------------------------------------------------------------------------------------------
 # Decoder hook and the evaluation entry point
 # ----------------------------------------------------------------------------------------------
@@ -468,37 +403,6 @@ def _scores_of_features(mapped: ImageFeatures, target: ImageFeatures) -> dict[st
     return scores
 
 
-def image_scores(
-    mapped_latents: Features,
-    target_latents: Features,
-    decoder: Decoder,
-    clip: ClipEmbedder | None = None,
-    fid_extractor: FeatureExtractor | None = None,
-    *,
-    batch_size: int = DECODE_BATCH,
-    device: torch.device | str | None = None,
-) -> dict[str, float]:
-    """Decode mapped and target latents and score the images: ``{"cmmd": ..., "fid_image": ...}``.
-
-    mapped_latents (N, D) = f(source) and target_latents (M, D) go through ``decoder`` (see
-    :func:`load_decoder`) ``batch_size`` at a time; only the features are kept. ``cmmd`` is
-    present when ``clip`` is given, ``fid_image`` when ``fid_extractor`` is (clean-fid Inception
-    from :func:`load_inception`, or any custom extractor). Build both once per run, not per
-    evaluation: loading ViT-L/14-336 takes seconds (:func:`build_image_scorer` does, and decodes
-    the target once too). ``device`` is where FID features are computed (the ClipEmbedder has its
-    own). Without a decoder, evaluation stays latent-space only.
-    """
-    if clip is None and fid_extractor is None:
-        raise ConfigError(
-            "eval.decoder", "is set, but neither a CLIP embedder (for CMMD) nor an FID feature extractor is configured"
-        )
-    if not callable(decoder):
-        raise ConfigError("eval.decoder", f"must be callable, got {type(decoder).__name__}")
-    mapped = _decoded_features(mapped_latents, decoder, clip, fid_extractor, batch_size, device, "mapped_latents")
-    target = _decoded_features(target_latents, decoder, clip, fid_extractor, batch_size, device, "target_latents")
-    return _scores_of_features(mapped, target)
-
-
 def build_image_scorer(
     cfg: Any, target_latents: Features, device: torch.device | str | None = None
 ) -> Callable[[Features], dict[str, float]] | None:
@@ -535,9 +439,7 @@ __all__ = [
     "INCEPTION_FILENAME",
     "ClipEmbedder",
     "cmmd",
-    "fid_from_images",
     "image_features",
-    "image_scores",
     "load_decoder",
     "load_inception",
     "to_uint8_images",
