@@ -72,12 +72,6 @@ def test_batches_are_deterministic_and_indexed() -> None:
         assert not torch.equal(indices, other_indices)
 
 
-def test_target_variance_is_mean_coordinate_variance() -> None:
-    data = load_dataset(small("gaussian-ot"))
-    expected = torch.trace(torch.cov(data.test_target.double().T)) / data.dim
-    assert data.target_variance == pytest.approx(float(expected), rel=1e-9)
-
-
 def test_translation_data_rejects_malformed_pools() -> None:
     good = torch.zeros(3, 2)
     with pytest.raises(ValueError, match="test_target"):

@@ -9,7 +9,6 @@ Each dataset module (`toy`, `gaussian_ot`, `ffhq_alae`) turns a `DataConfig` int
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Annotated, Callable, Literal, get_args
 
 import numpy as np
@@ -112,14 +111,6 @@ class TranslationData:
         if self.train_source.device == device and self.train_target.device == device:
             return self
         return replace(self, train_source=self.train_source.to(device), train_target=self.train_target.to(device))
-
-    @cached_property
-    def target_variance(self) -> float:
-        """Average per-coordinate variance of `test_target`: trace(Cov) / dim.
-
-        L2-UVP divides the map's squared error by this, so it is computed once, in float64.
-        """
-        return float(self.test_target.double().var(dim=0).mean())
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=SECTION)
