@@ -4,7 +4,7 @@ Features are (N, D) arrays: 2-D toy points, ALAE W latents (D = 512) or image em
 The distances themselves come from clean-fid (``frechet_distance``, ``kernel_distance``) so
 that the numbers match what the literature reports with that package; this module only
 turns samples into the inputs those functions expect, validates them, and makes KID
-reproducible. Translation-specific scores follow REFERENCE section 2:
+reproducible. Translation-specific scores:
 
 * transport cost  E||f(x) - x||^2              -- how much of the source is preserved;
 * L2-UVP          100 * E||T_hat(x) - T*(x)||^2 / Var(target)   (Korotin et al. 2021) --
