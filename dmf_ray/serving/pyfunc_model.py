@@ -3,18 +3,13 @@
 Why a code file and not a pickled object: :func:`dmf_ray.platform.registry.log_generator` passes this
 file's path as ``python_model``; MLflow copies the file into the logged model and, on load,
 executes it -- the :func:`mlflow.models.set_model` call at the bottom hands MLflow the model
-object. The weights travel as the artifact ``weights`` (a safetensors file written by
-:func:`dmf_ray.core.models.save_generator`, config in its metadata), so loading a logged generator
-never unpickles anything.
+object (importing this module is harmless: ``set_model`` only records it). The weights travel as
+the artifact ``weights``, a generator file of :mod:`dmf_ray.core.models` (safetensors, no pickle).
 
-Dependency: this file imports :mod:`dmf_ray.core.models`, so the environment that loads the model must
-have the ``dmf_ray`` package installed (``pip install -e .`` of this repository; it is not on
-PyPI). We do not ship the package with ``code_paths``: that would copy the whole package
+Why the package is not shipped with ``code_paths``: that would copy the whole package
 (experiments, data loaders) into every model and put a second copy of ``dmf_ray`` in front of the
-installed one on ``sys.path``.
-
-Importing this module as ``dmf_ray.serving.pyfunc_model`` is harmless: ``set_model`` only records the
-object for MLflow's loader.
+installed one on ``sys.path``. So the loading environment needs ``dmf_ray`` installed
+(``pip install -e .`` of this repository; it is not on PyPI).
 """
 
 from __future__ import annotations
