@@ -4,7 +4,10 @@ Features are (N, D) arrays: 2-D toy points, ALAE W latents (D = 512) or image em
 The distances themselves come from clean-fid (``frechet_distance``, ``kernel_distance``) so
 that the numbers match what the literature reports with that package; this module only
 turns samples into the inputs those functions expect, validates them, and makes KID
-reproducible. Translation-specific scores:
+reproducible. clean-fid is imported when a distance is computed, not with this module:
+``cleanfid.fid`` brings its image pipeline along (Inception downloaders, resizers, tqdm; about a
+second), which the modules that only need :data:`METRIC_NAMES` (search space, Ray workers) and
+the training loop do not need. Translation-specific scores:
 
 * transport cost  E||f(x) - x||^2              -- how much of the source is preserved;
 * L2-UVP          100 * E||T_hat(x) - T*(x)||^2 / Var(target)   (Korotin et al. 2021) --
@@ -17,8 +20,6 @@ import warnings
 from collections.abc import Callable
 import numpy as np
 import torch
-from cleanfid.fid import frechet_distance as _clean_frechet_distance
-from cleanfid.fid import kernel_distance as _clean_kernel_distance
 
 Features = torch.Tensor | np.ndarray
 
@@ -73,6 +74,8 @@ def frechet_distance_from_moments(
             "expected means of shape (D,) and covariances of shape (D, D) with D >= 2, got "
             f"{mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}"
         )
+    from cleanfid.fid import frechet_distance as _clean_frechet_distance
+
     with warnings.catch_warnings():
         # clean-fid passes scipy's deprecated `disp` argument to sqrtm; the result is unaffected.
         warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
@@ -109,6 +112,8 @@ def kernel_inception_distance(
         raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
     if max_subset_size < 2:
         raise ValueError(f"max_subset_size must be >= 2, got {max_subset_size}")
+    from cleanfid.fid import kernel_distance as _clean_kernel_distance
+
     state = np.random.get_state()
     try:
         np.random.seed(seed)
