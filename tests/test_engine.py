@@ -67,16 +67,24 @@ def test_non_finite_weights_end_training_with_a_reason(tiny_overrides) -> None:
         train(cfg, data, state)
 
 
-def test_eval_callback_sees_every_evaluation(tiny_overrides) -> None:
+def test_eval_callback_sees_every_evaluation_of_the_current_model(tiny_overrides) -> None:
     cfg = load_train_config(None, tiny_overrides)
+    data = load_dataset(cfg.data)
+    untrained = evaluate(build_state(cfg, data).model, data, cfg)["fd"]
     seen = []
-    train(cfg, load_dataset(cfg.data), on_eval=lambda s, rec: seen.append((s.step, rec["fd"])))
-    assert [s for s, _ in seen] == [10, 20]
-    assert all(fd >= 0 for _, fd in seen)
+    train(cfg, data, on_eval=lambda s, rec: seen.append((s.step, rec["fd"], evaluate(s.model, data, cfg)["fd"])))
+    assert [step for step, _, _ in seen] == [10, 20]
+    assert all(reported == now for _, reported, now in seen)  # the scores of the model at that step
+    fds = [untrained] + [fd for _, fd, _ in seen]
+    assert fds == sorted(fds, reverse=True) and fds[-1] < 0.99 * untrained, fds  # training lowers FD
 
 
-def test_gaussian_ot_run_reports_l2_uvp(tiny_overrides) -> None:
+def test_gaussian_ot_run_reports_l2_uvp_below_the_identity_map(tiny_overrides) -> None:
     cfg = load_train_config(None, {**tiny_overrides, "data.name": "gaussian-ot", "data.dim": 8, "model.kind": "residual"})
-    state = train(cfg, load_dataset(cfg.data))
-    assert state.history[-1]["l2_uvp"] >= 0
+    data = load_dataset(cfg.data)
+    identity = evaluate(build_state(cfg, data).model, data, cfg)  # a residual generator starts as x -> x
+    assert identity["transport_cost"] == 0.0 and identity["l2_uvp"] > 100  # worse than the target's mean
+    state = train(cfg, data)
+    uvp = [h["l2_uvp"] for h in state.history]
+    assert uvp[0] > uvp[-1] and uvp[-1] < 0.95 * identity["l2_uvp"], (identity["l2_uvp"], uvp)
     assert state.history[-1]["transport_cost"] > 0
