@@ -15,7 +15,10 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "ffhq_alae"
 
 @pytest.fixture
 def tiny_overrides() -> dict:
-    """A toy run that takes about a second."""
+    """The one tiny training config of the tests: a toy run that takes about a second.
+
+    Tests change what they need with ``{**tiny_overrides, "data.name": "gaussian-ot", ...}``.
+    """
     return {
         "steps": 20,
         "eval_every": 10,

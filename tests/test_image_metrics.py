@@ -393,15 +393,14 @@ def test_image_scorer_decodes_the_target_once(tiny_clip: dict, embedder: ClipEmb
     assert build_image_scorer(EvalConfig(), target) is None
 
 
-def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: dict) -> None:
+def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: dict, tiny_overrides: dict) -> None:
     """The trainer's evaluation decodes mapped and target latents and logs CMMD next to latent FD."""
     from dmf_ray.trainer.config import load_train_config
     from dmf_ray.data import load_dataset
     from dmf_ray.trainer.run import run_training as train
 
     cfg = load_train_config(None, {
-        "data.name": "gaussian-ot", "data.dim": 4, "data.n_train": 300, "data.n_test": 64, "model.kind": "residual",
-        "steps": 4, "eval_every": 2, "batch_size": 32, "eval_samples": 64,
+        **tiny_overrides, "data.name": "gaussian-ot", "data.dim": 4, "model.kind": "residual", "steps": 4, "eval_every": 2,
         "eval.decoder": DECODER, "eval.clip_model": TINY_CLIP,
         "eval.clip_weights": str(tiny_clip["weights"]), "eval.samples": 16,
     })

@@ -283,7 +283,7 @@ def test_method_ofm_needs_an_icnn_and_is_validated_at_the_edge() -> None:
         load_train_config(None, {"method": "ofm", "model.kind": "icnn", "ofm.inner_iterations": 0})
 
 
-def test_ofm_through_the_trainer_cli_registry_and_inference(tmp_path) -> None:
+def test_ofm_through_the_trainer_cli_registry_and_inference(tmp_path, tiny_overrides) -> None:
     """method: ofm trains by the same CLI, logs and registers like DMF, and the pyfunc serves it."""
     import json
 
@@ -294,10 +294,9 @@ def test_ofm_through_the_trainer_cli_registry_and_inference(tmp_path) -> None:
     from dmf_ray.train import main
 
     out = tmp_path / "run"
-    args = ["--steps", "8", "--eval-every", "4", "--batch-size", "32", "--out", str(out), "--no-progress",
-            "--set", "method=ofm", "--set", "model.kind=icnn", "--set", "model.width=16", "--set", "model.depth=2",
-            "--set", "data.name=gaussian-ot", "--set", "data.dim=3", "--set", "data.n_train=500",
-            "--set", "data.n_test=200", "--set", "eval_samples=200"]
+    keys = {**tiny_overrides, "steps": 8, "eval_every": 4, "method": "ofm", "model.kind": "icnn",
+            "data.name": "gaussian-ot", "data.dim": 3}
+    args = ["--out", str(out), "--no-progress", *(f"--set={k}={v}" for k, v in keys.items())]
     assert main(args) == 0
     final = json.loads((out / "metrics.json").read_text())
     assert final["step"] == 8 and math.isfinite(final["l2_uvp"]) and final["train_seconds"] > 0
