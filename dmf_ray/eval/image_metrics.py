@@ -39,6 +39,7 @@ from cleanfid.resize import build_resizer
 from PIL import Image
 
 from dmf_ray.errors import ConfigError, DataError
+from dmf_ray.core.geometry import sq_distances
 from dmf_ray.eval.metrics import Features, _as_features, _as_pair, frechet_distance
 
 ImageBatch = torch.Tensor | np.ndarray
@@ -123,12 +124,9 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
 
 def _rbf_kernel_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, block: int) -> float:
     """sum_ij exp(-gamma ||a_i - b_j||^2), float64, in row blocks so memory stays O(block * M)."""
-    b_sq = (b * b).sum(dim=1)
     total = 0.0
     for rows in _batches(a.shape[0], block):
-        ab = a[rows]
-        d2 = (ab * ab).sum(dim=1)[:, None] + b_sq[None, :] - 2.0 * (ab @ b.T)
-        total += float(torch.exp(-gamma * d2.clamp_min(0.0)).sum())
+        total += float(torch.exp(-gamma * sq_distances(a[rows], b)).sum())
     return total
 
 
