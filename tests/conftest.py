@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny import TINY
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -15,17 +16,5 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "ffhq_alae"
 
 @pytest.fixture
 def tiny_overrides() -> dict:
-    """The one tiny training config of the tests: a toy run that takes about a second.
-
-    Tests change what they need with ``{**tiny_overrides, "data.name": "gaussian-ot", ...}``.
-    """
-    return {
-        "steps": 20,
-        "eval_every": 10,
-        "batch_size": 64,
-        "eval_samples": 500,
-        "data.n_train": 2000,
-        "data.n_test": 500,
-        "model.width": 32,
-        "model.depth": 2,
-    }
+    """A fresh copy of tests/tiny.py's TINY config (tests may change it freely)."""
+    return dict(TINY)

@@ -21,11 +21,11 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from dmf_ray.platform.distributed import FAULT_GATE_ENV  # noqa: E402
 from dmf_ray.tune import main as tune_main  # noqa: E402
 from dmf_ray.tune import run as tune_run  # noqa: E402
+from tiny import TINY  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-FIXED = {"steps": 200, "eval_every": 50, "batch_size": 64, "eval_samples": 500, "data.n_train": 2000,
-         "data.n_test": 500, "model.width": 32, "model.depth": 2}
+FIXED = {**TINY, "steps": 200, "eval_every": 50}
 
 
 def write_space(path: Path, *, num_samples: int, workers: int = 1, cpus: float = 1, params: dict | None = None,
