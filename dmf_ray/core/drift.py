@@ -17,11 +17,8 @@ normalisations into signed coefficients c_ij, and V_i = sum_j c_ij (y_j - x_i):
 * ``sharp`` -- Franz et al. 2026: weights k(r) / sum K#(r) with K#(r) = int_r^inf s k(s) ds,
   so V = grad log Z#_p - grad log Z#_q is conservative (:func:`log_sharp_kernel`).
 
-Options: Laplace or Gaussian kernel, several temperatures summed, distance normalisation
-(coordinates divided by mean-distance / sqrt(D)), per-temperature drift normalisation (each
-temperature's force scaled to unit RMS). Presets are data (``PRESETS``), not code paths.
-:mod:`dmf_ray.core.drift_fast` computes the same drift in bounded memory (chunks, cache tiles,
-a sparse above-floor product, bf16 products); training calls that one.
+Presets are data (``PRESETS``), not code paths. :mod:`dmf_ray.core.drift_fast` computes the
+same drift in bounded memory; training calls that one.
 """
 
 from __future__ import annotations
@@ -41,13 +38,7 @@ from dmf_ray.schema import SECTION, Bool, Float, Fraction, PositiveFloat, Positi
 Kernel = Literal["laplace", "gaussian"]
 Normalization = Literal["row", "bidirectional", "sharp"]
 MatmulPrecision = Literal["fp32", "tf32", "bf16"]
-# Drift families (WGF view; implemented in dmf_ray.core.families): ``drifting`` is this module's
-# drift_field; ``sharp`` trains on the conservative potential whose negative gradient is the
-# ``sharp``-normalised drift; ``kl_parzen``, ``mmd`` and ``sinkhorn`` are the KL (Parzen),
-# MMD-witness and debiased entropic-OT vector fields.
-Family = Literal["drifting", "sharp", "kl_parzen", "mmd", "sinkhorn"]
-KERNELS: tuple[str, ...] = get_args(Kernel)
-NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+Family = Literal["drifting", "sharp", "kl_parzen", "mmd", "sinkhorn"]  # dmf_ray.core.families
 MATMUL_PRECISIONS: tuple[str, ...] = get_args(MatmulPrecision)
 FAMILIES: tuple[str, ...] = get_args(Family)
 
@@ -63,33 +54,12 @@ FORCE_MS_FLOOR = 1e-8
 class DriftConfig:
     """How to compute the drift field; each field's type is its domain (see :mod:`dmf_ray.schema`).
 
-    Attributes:
-        kernel: ``laplace`` exp(-r/tau) or ``gaussian`` exp(-r^2 / (2 tau^2)).
-        temperatures: one bandwidth or several; the drifts of all temperatures are summed.
-        normalization: ``row`` | ``bidirectional`` | ``sharp`` (see the module docstring).
-        distance_norm: divide coordinates by mean-distance / sqrt(D) so the mean normalised
-            distance is about 1 (the released code): bandwidths become scale-free.
-        drift_norm: scale each temperature's force to unit RMS before summing (the released code).
-        self_negatives: use the generated batch (diagonal masked) as negatives.
-        affinity_floor: lower clamp of row-softmax x column-softmax before the square root
-            (``bidirectional`` only; the released code uses 1e-6).
-        chunk_size: generated rows per chunk; None picks the largest chunk within
-            1 GiB of chunk matrices.
-        matmul_precision: ``fp32`` | ``tf32`` | ``bf16`` input precision of the matrix products
-            (module docstring); softmaxes and accumulation stay float32.
-        sparse_max_density: ``bidirectional`` with a positive ``affinity_floor`` on CPU: affinities
-            at the floor add a rank-one term, so when at most this fraction of a chunk's entries
-            can lie above the floor the weighted sums run as one sparse product over those
-            entries (exact; module docstring). 0 always uses the dense product; CUDA always
-            does (the sparse path must count entries on the host).
-        family: which drift family trains the generator (``FAMILIES``; see
-            :mod:`dmf_ray.core.families`). ``drifting`` (the default) is :func:`drift_field` unchanged.
-        sinkhorn_epsilon: entropic regularisation of the ``sinkhorn`` family, on the squared
-            distance in the same units as the kernel's distances: divided by the distance scale
-            (mean distance) when ``distance_norm`` is on -- so 0.05 blurs over about
-            sqrt(0.05) = 0.22 mean distances whatever the data scale -- and absolute otherwise,
-            exactly like ``temperatures``.
-        sinkhorn_iterations: log-domain Sinkhorn updates (each one f- and one g-update).
+    The options are tabulated in README.md ("The drift field"); what the types do not say:
+    ``chunk_size`` None picks the largest chunk within 1 GiB of chunk matrices;
+    ``sparse_max_density`` 0 always runs the dense product, and CUDA always does (the sparse path
+    counts entries on the host); ``sinkhorn_epsilon`` is in the units of the kernel's squared
+    distances -- relative to the mean distance under ``distance_norm`` (0.05 blurs over about
+    sqrt(0.05) = 0.22 mean distances), absolute otherwise, like ``temperatures``.
     """
 
     kernel: Kernel = "laplace"
@@ -150,15 +120,9 @@ def make_drift_config(preset: str | None = None, **options: Any) -> DriftConfig:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """The drift and the coordinate scale it was computed in.
-
-    Attributes:
-        drift: V, shape (B, D), float32, in input coordinates: the target is x + V.
-        scale: the coordinate scale s (mean distance / sqrt(D) under ``distance_norm``,
-            otherwise 1); the loss is :func:`target_loss`.
-        force_rms: RMS of each temperature's force before drift normalisation, in normalised
-            coordinates, shape (T,) -- a diagnostic (the released code logs its square).
-    """
+    """V (B, D) float32 in input coordinates (the target is x + V); the coordinate scale s
+    (mean distance / sqrt(D) under ``distance_norm``, else 1) of :func:`target_loss`; and each
+    temperature's force RMS before drift normalisation, (T,) -- a diagnostic."""
 
     drift: Tensor
     scale: Tensor
@@ -234,12 +198,8 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
 
 
 def target_loss(x: Tensor, displacement: Tensor, scale: Tensor) -> Tensor:
-    """mean(((x - sg(x + d)) / s)^2): x regressed onto its stop-gradient target x + d.
-
-    The released drift_loss.py's loss, with the displacement d = V (or V after friction,
-    dmf_ray.core.friction) and s the drift's coordinate scale; its gradient is
-    -2 d / (s^2 B D), so plain SGD moves x along the drift.
-    """
+    """mean(((x - sg(x + d)) / s)^2), the released loss: d = V (or V after friction) and s the
+    drift's coordinate scale; its gradient -2 d / (s^2 B D) moves x along the drift."""
     target = (x + displacement).detach()  # [B, D]
     return ((x - target) / scale).square().mean()
 
@@ -261,11 +221,8 @@ def drift_loss(
 
 
 def check_shapes(gen: Tensor, pos: Tensor, **optional: Tensor | None) -> None:
-    """Reject inputs that are not non-empty row x feature matrices of one feature dimension.
-
-    ``optional`` are further named row sets that may be None (drift_field's ``neg``); the
-    messages name exactly the sets passed.
-    """
+    """Reject inputs that are not non-empty row x feature matrices of one feature dimension;
+    ``optional`` are further named row sets that may be None (``neg``)."""
     named = {"gen": gen, "pos": pos, **optional}
     given = [t for t in named.values() if t is not None]
     if any(t.ndim != 2 for t in given):
@@ -295,11 +252,10 @@ def drift_targets(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig
 
 
 def kernel_argument(dist: Tensor, row_offset: int, dist_scale: Tensor, cfg: DriftConfig) -> Tensor:
-    """Distances [c, N] -> the kernel argument u, IN PLACE, self entries set to +inf.
+    """Distances [c, N] -> u = r / s (Laplace) or (r / s)^2 (Gaussian), IN PLACE.
 
-    u = r / s for Laplace, (r / s)^2 for Gaussian, so log k = -kappa * u (:func:`kappas`). The
-    +inf removes a sample's pull on itself exactly at every temperature (the released code
-    adds a large distance instead). ``row_offset`` is the global index of the first row.
+    Self entries (row ``row_offset + i``) become +inf, which removes a sample's pull on itself
+    exactly at every temperature (the released code adds a large distance instead).
     """
     u = dist.div_(dist_scale)
     if cfg.kernel == "gaussian":
@@ -340,12 +296,8 @@ def signed_block_weights(log_k: Tensor, log_norm: Tensor, n_neg: int) -> Tensor:
 
 
 def scales(total: Tensor | None, count: int, d: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(distance scale, coordinate scale) from the (float64) sum ``total`` of ``count`` distances.
-
-    The distance scale s is the mean distance (kernel distances are r / s), the coordinate
-    scale s / sqrt(D) the loss scale; both floored as released. ``total`` None (no
-    ``distance_norm``): both are 1. In ``like``'s dtype and device.
-    """
+    """(mean distance s, coordinate scale s / sqrt(D)) from the float64 sum ``total`` of
+    ``count`` distances, floored as released; both 1 when ``total`` is None (no distance_norm)."""
     if total is None:
         return like.new_ones(()), like.new_ones(())
     scale = (total / count).to(like.dtype)
@@ -353,12 +305,10 @@ def scales(total: Tensor | None, count: int, d: int, like: Tensor) -> tuple[Tens
 
 
 def force_rms(mean_sq: Tensor, coord_scale: Tensor) -> Tensor:
-    """Per-temperature force RMS in the normalised coordinates (forces / coord_scale), floored as
-    released; ``mean_sq`` is the mean square of the forces in input coordinates, shape (T,)."""
+    """Per-temperature force RMS (T,) in normalised coordinates, floored as released."""
     return (mean_sq / coord_scale.square()).clamp_min(FORCE_MS_FLOOR).sqrt()
 
 
 def shard_reduce(shard: RowShard | None, op: str, t: Tensor) -> Tensor:
-    """Reduce a per-process partial result across the shard's processes (identity without one);
-    ``op`` is ``"sum"`` or ``"logsumexp"``."""
+    """``shard.sum`` / ``shard.logsumexp`` of a partial result; the identity without a shard."""
     return t if shard is None else getattr(shard, op)(t)

@@ -1,10 +1,8 @@
 """The drift of :func:`dmf_ray.core.drift.drift_field`, fast: same signature, same result.
 
-dmf_ray.core.drift states the algorithm densely; this module computes it with bounded memory
-and as few passes over the B x N kernel matrix (N = B + K + M targets) as possible. Training
-(dmf_ray.core.families.family_drift) and the benchmarks call this one; tests/test_drift.py
-checks that it equals the readable version, the naive oracle (dmf_ray.core.drift_naive) and
-itself across chunk sizes, shards and the sparse path. The machinery:
+Bounded memory and few passes over the B x N kernel matrix (N = B + K + M targets); training
+and the benchmarks call this one, and tests/test_drift.py checks it against the readable
+version, the naive oracle and itself across chunk sizes, shards and the sparse path:
 
 * Row chunks. The kernel work runs in chunks of ``chunk_size`` generated rows (None: the
   largest chunk within 1 GiB of chunk matrices). Peak extra memory is about
@@ -82,11 +80,8 @@ def compute_drift(
     preset: str | None = None,
     **options: Any,
 ) -> Tensor:
-    """Drift V (B, D) float32 of ``gen`` (B, D) against ``pos`` (M, D) and extra negatives ``neg``.
-
-    ``preset`` is ``"reference"``, ``"toy"`` or ``"paper"``; keyword options (see DriftConfig)
-    override it.
-    """
+    """Drift V (B, D) float32 of ``gen`` (B, D) against ``pos`` (M, D) and extra negatives ``neg``
+    (K, D), from a preset (``drift.PRESETS``) overridden by DriftConfig keyword options."""
     return drift_field(gen, pos, neg, make_drift_config(preset, **options)).drift
 
 
@@ -148,7 +143,6 @@ def drift_field(gen: Tensor, pos: Tensor, neg: Tensor | None, cfg: DriftConfig, 
 
 
 def _chunk_rows(cfg: DriftConfig, b: int, n: int) -> int:
-    """Generated rows per chunk: the configured size or the largest within the budget."""
     if cfg.chunk_size is not None:
         return min(int(cfg.chunk_size), b)
     per_row = n * (len(cfg.temperatures) + 2)
@@ -157,7 +151,6 @@ def _chunk_rows(cfg: DriftConfig, b: int, n: int) -> int:
 
 @contextlib.contextmanager
 def _tf32(enabled: bool) -> Iterator[None]:
-    """TF32 tensor-core matmuls on CUDA inside the block (no effect on CPU), restored after."""
     if not enabled:
         yield
         return
@@ -170,17 +163,13 @@ def _tf32(enabled: bool) -> Iterator[None]:
 
 
 def _float64_total(m: Tensor) -> Tensor:
-    """Sum of a float32 matrix: rows summed in float32 (pairwise, in cache), rows in float64.
-
-    ``m.sum(dtype=float64)`` converts the whole matrix first, which costs more than the sum.
-    """
+    """Rows summed in float32, then in float64: ``m.sum(dtype=float64)`` would first convert
+    the whole matrix, which costs more than the sum."""
     return m.sum(1).sum(dtype=torch.float64)
 
 
 class _Workspace:
-    """Chunk-sized buffers reused across chunks and passes (module docstring): the distance
-    matrix, one scratch matrix and, on first use, the stacked coefficient matrices or the
-    sparse path's masks."""
+    """Chunk-sized buffers reused across chunks and passes (module docstring)."""
 
     def __init__(self, chunk: int, n: int, n_temps: int, device: torch.device, precision: str = "fp32") -> None:
         self.n = n
@@ -197,12 +186,8 @@ class _Workspace:
         self._targets_bf16: Tensor | None = None
 
     def weighted_sums(self, coeff: Tensor, targets: Tensor) -> Tensor:
-        """coeff [R, N] @ targets [N, D] in float32, the product itself at ``precision``.
-
-        ``bf16``: both operands rounded to bfloat16 (coefficients are in [-1, 1] and summed
-        over N terms with float32 accumulation inside the matmul), result back in float32.
-        The distances are never computed in bf16: |x|^2 + |y|^2 - 2 x.y cancels.
-        """
+        """coeff [R, N] @ targets [N, D] -> float32, the product at ``precision`` (bf16: both
+        operands rounded, float32 accumulation inside the matmul)."""
         if self.precision != "bf16":
             with _tf32(self.precision == "tf32"):
                 return torch.mm(coeff, targets)
@@ -214,7 +199,6 @@ class _Workspace:
         return torch.mm(low, self._targets_bf16).float()
 
     def distances(self, x_rows: Tensor, targets: Tensor) -> Tensor:
-        """Euclidean distances [c, N] of ``x_rows`` to the targets, in the workspace buffer."""
         c = x_rows.shape[0]
         out = self._dist[: c * self.n].view(c, self.n)
         with _tf32(self.precision == "tf32"):
@@ -224,7 +208,6 @@ class _Workspace:
         return self._scratch[: c * self.n].view(c, self.n)
 
     def masks(self, c: int) -> Tensor:
-        """Two boolean [c, N] matrices (the sparse floor path's candidates and a scratch mask)."""
         if self._masks is None:
             self._masks = torch.empty(2 * self.chunk * self.n, device=self.device, dtype=torch.bool)
         return self._masks[: 2 * c * self.n].view(2, c, self.n)
@@ -236,22 +219,14 @@ class _Workspace:
 
 
 def _lse_(buf: Tensor, shift: Tensor, dim: int) -> Tensor:
-    """log-sum-exp of ``buf`` along ``dim`` given each slice's maximum ``shift``; destroys buf.
-
-    The kernel is monotone in u, so every maximum is known from one min of u and no separate
-    max pass is needed.
-    """
+    """log-sum-exp of ``buf`` along ``dim`` given each slice's maximum ``shift``; destroys buf."""
     shift = shift.clamp_min(torch.finfo(buf.dtype).min)  # a fully masked slice has max -inf
     buf.sub_(shift).exp_()
     return buf.sum(dim).log_().add_(shift.squeeze(dim))
 
 
 def _row_tiles(u: Tensor) -> list[slice]:
-    """Row slices of about ``_TILE_ELEMENTS`` entries: several passes over one tile stay in cache.
-
-    CPU only: on CUDA one slice, since each tile costs kernel launches and the device's
-    bandwidth, not its cache, bounds these passes.
-    """
+    """Row slices of about ``_TILE_ELEMENTS`` entries on CPU; one slice on CUDA (module docstring)."""
     rows, n = u.shape
     if u.device.type != "cpu":
         return [slice(0, rows)]
@@ -260,11 +235,8 @@ def _row_tiles(u: Tensor) -> list[slice]:
 
 
 def _kernel_lse(u: Tensor, kappas: list[float], dim: int, scratch: Tensor) -> Tensor:
-    """log sum exp(-kappa * u) along ``dim`` for every kappa: [T, c] (dim 1) or [T, N] (dim 0).
-
-    Each slice is shifted by its minimum of u (its kernel maximum; a fully masked slice,
-    u = inf, gives -inf), then fused per row tile (module docstring).
-    """
+    """log sum exp(-kappa * u) along ``dim`` for every kappa: [T, c] (dim 1) or [T, N] (dim 0),
+    each slice shifted by its kernel maximum (its min of u), fused per row tile."""
     u_min = u.amin(dim, keepdim=True)
     finite = torch.finfo(u.dtype).max
     shifts = [(u_min * kappa).clamp_max_(finite) for kappa in kappas]
@@ -289,12 +261,8 @@ def _chunk_forces(
     ws: _Workspace,
     half_col_lse: Tensor | None,
 ) -> Tensor:
-    """Per-temperature forces [T, c, D] for one chunk, in input coordinates.
-
-    Builds the coefficient matrices c_ij of all temperatures in place, then applies them in one
-    stacked product: force_i = sum_j c_ij y_j - (sum_j c_ij) x_i. The bidirectional form first
-    tries the sparse above-floor product (:func:`_sparse_floor_forces`).
-    """
+    """Per-temperature forces [T, c, D] of one chunk, input coordinates: the coefficients of all
+    temperatures built in place, then one stacked product (or the sparse floor path)."""
     c = u.shape[0]
     scratch = ws.scratch(c)
     neg, pos = slice(0, n_neg), slice(n_neg, None)
@@ -326,7 +294,6 @@ def _chunk_forces(
 
 
 def _sparse_floor_eligible(cfg: DriftConfig, u: Tensor) -> bool:
-    """The sparse path needs a floor, a host-side entry count (CPU) and fp32 products."""
     return (
         cfg.affinity_floor > 0.0
         and cfg.sparse_max_density > 0.0
@@ -344,15 +311,8 @@ def _sparse_floor_forces(
     half_col_lse: Tensor,
 ) -> tuple[Tensor, Tensor | None]:
     """Row log-sum-exp [T, c] and the bidirectional forces [T, c, D] from the entries above the
-    affinity floor only; exact (module docstring: the floor's share is a rank-one term).
-
-    A candidate is an entry with u_ij below a row part plus a column part for some temperature
-    (the bound below). The coefficient row sums cancel exactly (-A+ A- + A- A+ = 0), so no
-    x_i term remains. The row log-sum-exp and the candidate test share one pass over
-    cache-sized tiles of u.
-
-    The forces are None when more than ``sparse_max_density`` of the chunk's entries are
-    candidates; the caller then runs the dense product with the returned row log-sum-exp.
+    floor only (module docstring); forces None when more than ``sparse_max_density`` of the
+    entries are candidates. The coefficient row sums cancel (-A+ A- + A- A+ = 0): no x_i term.
     """
     c, n = u.shape
     t_count = len(cfg.temperatures)
@@ -401,8 +361,7 @@ def _sparse_floor_forces(
 
 
 def _normalise_part_(logk: Tensor, u: Tensor, scratch: Tensor, t: int, cfg: DriftConfig, sign: float) -> None:
-    """Normalise one block (negatives or positives) of temperature ``t``'s log k in place into
-    signed weights: k / sum k (``row``) or k / sum K# (``sharp``, drift.log_sharp_kernel)."""
+    """One block of temperature ``t``'s log k -> signed weights k / sum k (row) or k / sum K#, in place."""
     if cfg.normalization == "row":
         lse = _lse_(scratch.copy_(logk), u.amin(1, keepdim=True) * -kappas(cfg)[t], dim=1)
     else:

@@ -1,58 +1,28 @@
 """Drift families: other vector fields (and one potential) behind the same training loop.
 
-Why this module exists: in the Wasserstein-gradient-flow view (Gretton et al. 2026) the
-drifting field is one member of a family of particle flows that all have
-the data distribution p as fixed point. Making the family one config key (``drift.family``)
-lets a sweep compare them with everything else held fixed:
-
-* ``drifting`` -- :func:`dmf_ray.core.drift_fast.drift_field`, unchanged.
-* ``sharp`` -- Franz et al. 2026: the scalar potential
-  L(x) = sum_i [log Z#_q(x_i) - log Z#_p(x_i)], Z#(x) = sum_y K#(|x - y|) (K# in
-  :func:`dmf_ray.core.drift.log_sharp_kernel`). Its negative gradient is the
-  ``normalization="sharp"`` drift, so the generator can be trained by plain backpropagation of
-  L instead of the stop-gradient regression (:func:`sharp_potential`).
-* ``kl_parzen`` -- KL flow with Parzen smoothing: V = tau^2 (grad log p_hat - grad log q_hat).
-* ``mmd`` -- MMD flow: V = tau^2 grad_x [mean_j k(x, y+_j) - mean_j k(x, y-_j)] (the witness).
-* ``sinkhorn`` -- debiased entropic OT: V(x_i) = T_{q->p}(x_i) - T_{q->q}(x_i), barycentric
-  projections of log-domain Sinkhorn plans.
+In the Wasserstein-gradient-flow view (Gretton et al. 2026) the drifting field is one of a
+family of particle flows with the data distribution p as fixed point; ``drift.family`` makes the
+member one config key, so a sweep compares them with everything else fixed (the family table
+is in README.md; each function below says its field and why).
 
 Units. A score or a witness gradient has units 1/length, not a displacement; multiplying each
 temperature's term by its squared bandwidth tau^2 (tau times the distance scale under
 ``distance_norm``) turns it into one. That factor is DMF's Theorem 1: for the Gaussian kernel
-the row-normalised drift *equals* tau^2 grad log KDE, so ``kl_parzen`` with the Gaussian kernel
-coincides with ``drifting`` / ``normalization="row"``, and it keeps the small-bandwidth terms
-from dominating a sum over temperatures (a score scales like 1/tau). The identities
-``V = sum_t tau_t^2 grad(...)`` are what the tests check.
+the row-normalised drift *equals* tau^2 grad log KDE, and it keeps the small-bandwidth terms
+from dominating a sum over temperatures (a score scales like 1/tau).
 
-Shared conventions (so all families are comparable under the released loss
-mean(((x - sg(x + V)) / s)^2)):
+Shared conventions, so every family is comparable under the released loss: ``distance_norm``
+and ``drift_norm`` act as in :mod:`dmf_ray.core.drift` (distance scale over the target set
+[gen | pos], each term scaled to unit RMS); ``self_negatives=False`` drops the repulsion term of
+``kl_parzen``/``mmd`` and the debiasing term of ``sinkhorn``; ``sinkhorn`` ignores ``kernel``
+and ``temperatures`` (its cost is the squared distance). float64 inputs stay float64 (the
+identity tests use that), others are computed in float32. ``kl_parzen`` and ``mmd`` are closed
+forms: autograd of their scalars is slower (benchmarks/families_benchmark.py, RESULTS.md).
 
-* ``distance_norm``: s = mean distance from the generated batch to the target set
-  [gen | pos] (self-distances included, as drift.py); kernel distances are r / s, so
-  bandwidths and ``sinkhorn_epsilon`` are relative to it; the returned ``scale`` is the
-  coordinate scale s / sqrt(D), floored like drift.py.
-* ``drift_norm``: each temperature's force (one term for ``sinkhorn``) is scaled to unit RMS in
-  the normalised coordinates, then the terms are summed, as drift.py does.
-* ``self_negatives=False`` drops the negative (repulsion) term of ``kl_parzen``/``mmd`` and the
-  debiasing term of ``sinkhorn``. ``normalization``, ``affinity_floor``, ``sparse_max_density`` and
-  ``chunk_size`` only concern ``drifting`` (and ``sharp``, which always uses the sharp normalisation).
-* ``sinkhorn`` ignores ``kernel`` and ``temperatures``: its cost is the squared distance.
-
-Precision: inputs in bf16/fp16/fp32 are computed in float32, float64 inputs stay float64 (the
-identity tests use that). Only :func:`sharp_potential` builds an autograd graph: ``kl_parzen``
-and ``mmd`` are computed in closed form because autograd of their scalars is slower (measured
-by benchmarks/families_benchmark.py, recorded in benchmarks/RESULTS.md).
-
-Memory: the non-core families are dense O(B * N) per temperature (N = B + M targets), with no
-chunking: a handful of B x N matrices of the working dtype at once (Sinkhorn: two B x M / B x B
-plans and one temporary per update). Fine for the batch sizes these families are meant for
-(thousands); use ``drifting`` for chunked, very large batches.
-
-Data parallel: with a ``shard`` (``gen`` is the all-gathered batch, only rows ``shard.rows``
-are wanted) ``drifting`` computes just its rows (drift.py); the non-core families compute the
-full drift and return the shard's rows -- exact, but every worker repeats the whole B x N work.
-:func:`sharp_potential` computes only the local rows and reduces the two global quantities
-(distance sum, force mean square) with ``shard.sum``, like drift.py.
+Memory and sharding: the non-core families are dense O(B * N) per temperature, meant for
+batches of thousands (use ``drifting`` for chunked, very large ones); with a ``shard`` they
+compute the whole drift and return the shard's rows -- exact, but every worker repeats the
+B x N work. :func:`sharp_potential` computes only the local rows, like drift.py.
 """
 
 from __future__ import annotations
@@ -101,10 +71,8 @@ __all__ = [
 def family_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig, shard: RowShard | None = None) -> DriftResult:
     """The drift of ``cfg.family`` for generated ``gen`` (B, D) against positives ``pos`` (M, D).
 
-    ``drifting`` is exactly ``drift_field(gen, pos, None, cfg, shard)``. ``sharp`` returns the
-    drift its potential is the (scaled) negative gradient of, i.e. the ``sharp``-normalised
-    drift_field -- a diagnostic; training uses :func:`sharp_potential`. The other families are
-    computed densely (see the module docstring for units, normalisation and sharding).
+    ``sharp`` returns the ``sharp``-normalised drift_field its potential encodes -- a
+    diagnostic; training uses :func:`sharp_potential`.
     """
     if cfg.family == "drifting":
         return drift_field(gen, pos, None, cfg, shard)
@@ -125,18 +93,13 @@ def family_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig, shard: RowShard | N
 
 
 def _work_dtype(t: Tensor) -> torch.dtype:
-    """float64 stays float64 (identity tests); everything else is computed in float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 @dataclass(frozen=True)
 class _Block:
-    """One target set (the positives, or the generated batch itself) against the generated batch.
-
-    ``r`` and ``keep`` are computed once per call, not once per temperature. ``keep`` is 0 at
-    coincident pairs (squared distance at the clamp), whose direction (y - x) / r is 0/0: they
-    contribute no force (subgradient 0).
-    """
+    """One target set (positives, or the generated batch) against the generated batch, computed
+    once per call; ``keep`` is 0 at coincident pairs, whose direction (y - x) / r is 0/0."""
 
     targets: Tensor  # (N, D)
     sq: Tensor  # clamped squared distances (B, N)
@@ -146,7 +109,6 @@ class _Block:
 
 @dataclass(frozen=True)
 class _Geometry:
-    """Detached inputs in the working dtype, their distance blocks and the two scales."""
 
     x: Tensor  # generated batch (B, D)
     pos: _Block  # against the positives (M targets)
@@ -172,7 +134,6 @@ def _geometry(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> _Geometry:
 
 
 def _finish(forces: Tensor, coord_scale: Tensor, cfg: DriftConfig) -> DriftResult:
-    """Per-term forces [T, B, D] -> DriftResult, with drift.py's RMS diagnostic and drift_norm."""
     rms = force_rms(forces.square().mean(dim=(1, 2)), coord_scale)
     if cfg.drift_norm:
         forces = forces / rms[:, None, None]
@@ -180,24 +141,19 @@ def _finish(forces: Tensor, coord_scale: Tensor, cfg: DriftConfig) -> DriftResul
 
 
 def _apply(coeff: Tensor, targets: Tensor, x: Tensor) -> Tensor:
-    """sum_j c_ij (y_j - x_i) as one matrix product."""
     return coeff @ targets - coeff.sum(1, keepdim=True) * x
 
 
 def _log_kernel_and_tau2_score(block: _Block, tau: float, cfg: DriftConfig) -> tuple[Tensor, Tensor]:
-    """log k(r / s) and phi with tau_x^2 grad_x log k = phi * (y - x), tau_x = tau * s.
-
-    Gaussian: log k = -(r/s)^2 / (2 tau^2), phi = 1. Laplace: log k = -(r/s) / tau,
-    phi = tau / (r/s). Coincident pairs get phi = 0 (the cusp's subgradient; it is also what
-    autograd of the clamped distance gives). ``log_k`` is a fresh tensor the caller may modify.
-    """
+    """log k(r / s) and phi with tau_x^2 grad_x log k = phi * (y - x), tau_x = tau * s:
+    phi = 1 (Gaussian) or tau / (r/s) (Laplace; 0 at coincident pairs, the cusp's subgradient).
+    ``log_k`` is a fresh tensor the caller may modify."""
     if cfg.kernel == "gaussian":
         return block.r.square() * (-0.5 / (tau * tau)), block.keep
     return block.r * (-1.0 / tau), (tau / block.r).mul_(block.keep)
 
 
 def _diag_mask(b: int, n: int, offset: int, device: torch.device) -> Tensor:
-    """Boolean [b, n] mask, True at (i, offset + i): a generated sample against itself."""
     mask = torch.zeros(b, n, dtype=torch.bool, device=device)
     idx = torch.arange(b, device=device)
     mask[idx, idx + offset] = True
@@ -210,11 +166,8 @@ def _diag_mask(b: int, n: int, offset: int, device: torch.device) -> Tensor:
 def _kernel_flow(
     gen: Tensor, pos: Tensor, cfg: DriftConfig, weights: Callable[[Tensor, Tensor, bool], Tensor]
 ) -> DriftResult:
-    """sum_t [sum_j c+_ij (y+_j - x_i) - sum_j c-_ij (x_j - x_i)], c = weights(log k, phi, is_self).
-
-    The loop shared by ``kl_parzen`` and ``mmd``; ``weights`` (kernel weights times the score
-    factor phi) is the only difference between them.
-    """
+    """sum_t [sum_j c+_ij (y+_j - x_i) - sum_j c-_ij (x_j - x_i)], c = weights(log k, phi, is_self):
+    ``kl_parzen`` and ``mmd`` differ only in ``weights``."""
     geo = _geometry(gen, pos, cfg)
     forces = []
     for tau in cfg.temperatures:
@@ -228,15 +181,14 @@ def _kernel_flow(
 
 
 def _kde_score_weights(log_k: Tensor, phi: Tensor, is_self: bool) -> Tensor:
-    """k / sum_j k per x (the KDE score); against the batch itself the sample's own term is
-    dropped (it would only pull x towards itself)."""
+    """k / sum_j k per x (the KDE score), without the sample's own term."""
     if is_self:
         log_k.fill_diagonal_(-math.inf)
     return torch.softmax(log_k, dim=1) * phi
 
 
 def _witness_weights(log_k: Tensor, phi: Tensor, is_self: bool) -> Tensor:
-    """k / n: the kernel mean over all n targets (for the batch, the sample's own term included)."""
+    """k / n: the kernel mean over all n targets (the sample's own term included)."""
     return log_k.exp() * phi / log_k.shape[1]
 
 
@@ -245,9 +197,8 @@ def kl_parzen_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
 
     Why: the Wasserstein gradient flow of KL(q_hat || p_hat) moves particles along the score
     difference. p_hat is the KDE of the positives, q_hat that of the generated batch without
-    the sample itself (its own kernel term would only pull x towards itself). tau_t is the
-    bandwidth in input units (times s under ``distance_norm``). With the Gaussian kernel this
-    equals the row-normalised drift (DMF Theorem 1).
+    the sample itself. With the Gaussian kernel this equals the row-normalised drift (DMF
+    Theorem 1).
     """
     return _kernel_flow(gen, pos, cfg, _kde_score_weights)
 
@@ -255,13 +206,11 @@ def kl_parzen_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
 def mmd_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
     """MMD flow: V = sum_t tau_t^2 grad_x [mean_j k_t(x, y+_j) - mean_j k_t(x, y-_j)].
 
-    Why: the witness function of MMD(p, q) is E_p k(x, .) - E_q k(x, .); its gradient is the
-    MMD gradient flow's velocity (Arbel et al. 2019). The negatives are the whole generated
-    batch *including* the sample itself (mean over B): the self term has zero gradient (flat
-    Gaussian top, clamped Laplace cusp), and keeping it in the mean makes the witness the plain
-    empirical one, which vanishes exactly when the positives and the generated batch are the
-    same point set. Unlike ``kl_parzen`` the kernel sums are not normalised per x, so the force
-    fades far from all data -- the known weakness of MMD flows.
+    Why: the gradient of the MMD witness E_p k(x, .) - E_q k(x, .) is the MMD gradient flow's
+    velocity (Arbel et al. 2019). The negatives include the sample itself: its term has zero
+    gradient, and keeping it makes the witness the plain empirical one, which vanishes exactly
+    when the two point sets coincide. The sums are not normalised per x, so the force fades far
+    from all data -- the known weakness of MMD flows.
     """
     return _kernel_flow(gen, pos, cfg, _witness_weights)
 
@@ -272,13 +221,11 @@ def mmd_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
 def barycentric_projection(cost: Tensor, targets: Tensor, epsilon: float, iterations: int) -> Tensor:
     """T(x_i) = sum_j pi_ij y_j / sum_j pi_ij for the entropic OT plan between uniform measures.
 
-    ``cost`` (B, M) is C_ij, ``targets`` (M, D) the y_j. Why the log domain: with small epsilon
-    exp(-C/eps) underflows to 0 for every j of a row (0/0), so the potentials are updated with
-    log-sum-exp only -- f_i = -eps LSE_j((g_j - C_ij)/eps + log b_j), then
-    g_j = -eps LSE_i((f_i - C_ij)/eps + log a_i) -- kept in units of eps. The projection only
-    needs the row-normalised plan, softmax_j((g_j - C_ij)/eps), so a_i and f_i cancel. No
-    epsilon-scaling: with few iterations at tiny epsilon the column marginals may be
-    unconverged, but the result is always finite and row-normalised.
+    ``cost`` (B, M) is C_ij, ``targets`` (M, D) the y_j. Log domain because exp(-C/eps)
+    underflows to 0 for a whole row at small epsilon; the potentials are kept in units of eps,
+    and the projection needs only the row-normalised plan softmax_j((g_j - C_ij)/eps). No
+    epsilon-scaling: at tiny epsilon the column marginals may be unconverged, but the result
+    is always finite and row-normalised.
     """
     b, m = cost.shape
     scaled = cost / epsilon  # C / eps
@@ -293,12 +240,9 @@ def barycentric_projection(cost: Tensor, targets: Tensor, epsilon: float, iterat
 def sinkhorn_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
     """Debiased entropic barycentric drift V(x_i) = T_{q->p}(x_i) - T_{q->q}(x_i).
 
-    Why debiased: T_{q->p}(x) - x points towards p but is biased by the entropic blur (it pulls
-    every point towards local means even when q = p). T_{q->q}(x) carries the same blur of q
-    onto itself, so the difference vanishes when q = p and tends to T_{q->p}(x) - x as
-    epsilon -> 0 (Feydy et al. 2019). Cost C_ij = |x_i - y_j|^2 / s^2 (s = 1 without
-    ``distance_norm``) with regularisation ``sinkhorn_epsilon`` in those units; both plans
-    share it. ``self_negatives=False`` gives the plain (biased) T_{q->p}(x) - x.
+    Why debiased: T_{q->p}(x) - x is biased by the entropic blur (it pulls towards local means
+    even when q = p); T_{q->q}(x) carries the same blur, so the difference vanishes when q = p
+    and tends to T_{q->p}(x) - x as epsilon -> 0 (Feydy et al. 2019). Cost |x_i - y_j|^2 / s^2.
     """
     geo = _geometry(gen, pos, cfg)
     s2 = geo.dist_scale.square()
@@ -318,14 +262,9 @@ def sinkhorn_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
 class SharpPotential:
     """The sharp-kernel potential of a batch and the drift it encodes.
 
-    Attributes:
-        loss: scalar L = sum_t w_t sum_i [log Z#_q,t(x_i) - log Z#_p,t(x_i)], differentiable
-            w.r.t. x (w_t = 1, or 1 / force_rms_t under ``drift_norm``).
-        drift: detached (b, D), input coordinates: -dist_scale^2 * grad_x L, equal to
-            drift_field(normalization="sharp") for the same config.
-        scale: coordinate scale s / sqrt(D) (as DriftResult.scale).
-        dist_scale: s, the distance unit of the kernel (1 without ``distance_norm``).
-        force_rms: per-temperature force RMS in normalised coordinates (as drift_field).
+    ``loss`` L = sum_t w_t sum_i [log Z#_q,t(x_i) - log Z#_p,t(x_i)], differentiable in x
+    (w_t = 1, or 1 / force_rms_t under ``drift_norm``); ``drift`` (b, D), detached,
+    = -dist_scale^2 grad_x L = drift_field(normalization="sharp"); the rest as DriftResult.
     """
 
     loss: Tensor
@@ -360,14 +299,11 @@ def sharp_potential(
     * ``drift_norm`` divides temperature t's drift by a batch constant (its force RMS); the
       potential is scaled by the same detached constant, so it stays conservative.
 
-    Arguments: ``x`` (b, D) this process's generated rows with their autograd graph; ``pos``
-    (M, D) positives; ``gen_all`` the all-gathered generated batch (defaults to x detached) and
-    ``shard`` the rows of it that are ``x`` (global sums are reduced through it). Float64 inputs
-    stay float64, others are computed in float32.
+    ``x`` (b, D): this process's generated rows with their graph; ``gen_all``: the all-gathered
+    batch (default x detached), of which ``shard`` selects the rows that are ``x``.
+    Needs ``self_negatives`` (TrainConfig enforces it with family ``sharp``).
     """
     check_shapes(x, pos)
-    if not cfg.self_negatives:
-        raise ValueError("the sharp potential needs the generated batch as negatives (self_negatives=True)")
     dtype = _work_dtype(x)
     xw = x.to(dtype)
     x_fixed = xw.detach()
