@@ -1,8 +1,7 @@
 """Friction schedules and update orders of DMF (Kazanskii et al. 2026, arXiv 2604.18194).
 
-Why this module exists: DMF differs from a plain Drifting Model only in how the drift V(x) is
-turned into the displacement that forms the training target ``x + displacement``. A friction
-coefficient gamma(i) in [0, 1] grows over the T training steps, and
+DMF differs from a plain Drifting Model only in how the drift V(x) becomes the displacement of
+the training target ``x + displacement``: a friction gamma(i) in [0, 1] grows over T steps, and
 
 * ``first``  (eq. 12): displacement = (1 - gamma(i)) V(x), so the update freezes as gamma -> 1;
 * ``second`` (appendix B, eq. 21): v_{i+1} = (1 - gamma(i)) v_i + V(x_i), displacement = v_{i+1},
@@ -11,10 +10,9 @@ coefficient gamma(i) in [0, 1] grows over the T training steps, and
   the momentum and the force and so freezes like ``first``.
 
 Proposition 1 needs a non-decreasing schedule with gamma(0) = 0 and gamma(T-1) = 1, so every
-schedule here (except ``none``, plain DM) hits both end points exactly in floating point; the
-formulas are chosen so that this holds without clipping. Each schedule is a single function of
-the training fraction u = i / (T - 1) in [0, 1], shared by :func:`gamma` (one step, used inside
-the training loop) and :func:`schedule_values` (all steps, used for plots and checks).
+schedule here (except ``none``, plain DM) hits both end points exactly in floating point,
+without clipping. Each schedule is one function of the training fraction u = i / (T - 1), shared
+by :func:`gamma` (one step, in the loop) and :func:`schedule_values` (all steps, for plots).
 """
 
 from __future__ import annotations
@@ -138,11 +136,7 @@ def schedule_values(cfg: FrictionConfig, total_steps: int) -> np.ndarray:
 
 
 def gamma(cfg: FrictionConfig, step: int, total_steps: int) -> float:
-    """Friction coefficient gamma(step) in [0, 1] for a run of ``total_steps`` steps (eq. 15 etc.).
-
-    Evaluates only the one step (O(1)), so the training loop can call it every step; ``step`` is
-    in [0, total_steps - 1] and ``total_steps`` >= 2 (TrainConfig.steps is validated so).
-    """
+    """Friction gamma(step) in [0, 1] (eq. 15 etc.), O(1) so the loop calls it every step."""
     u = np.array([step / (total_steps - 1)], dtype=np.float64)
     return float(SCHEDULES[cfg.schedule](u, cfg)[0])
 
@@ -177,16 +171,13 @@ class VelocityBuffer:
     """
 
     def __init__(self, n_sources: int, dim: int, device: torch.device | str | None = None) -> None:
-        if n_sources < 1 or dim < 1:
-            raise ValueError(f"n_sources and dim must be >= 1, got {n_sources}, {dim}")
         self.velocity = torch.zeros(n_sources, dim, dtype=torch.float32, device=device)
 
     def step(self, indices: Tensor, drift: Tensor, gamma: float, order: str) -> Tensor:
         """Update the rows ``indices`` with ``drift`` (B, D) and return the displacement (B, D).
 
-        Indices are not range-checked here (that would read them back from the device every
-        step); they come from the batch sampler, and an out-of-range index still fails in the
-        gather (IndexError on the host, a device-side assert on CUDA).
+        Indices are not range-checked (that would sync with the device every step); an
+        out-of-range one still fails in the gather.
         """
         if order == "first":
             raise ValueError("VelocityBuffer is for the 'second' and 'hybrid' orders only")
@@ -209,7 +200,6 @@ class VelocityBuffer:
         return displacement
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Plain contiguous tensors, ready for ``safetensors.torch.save_file``."""
         return {"velocity": self.velocity.detach().clone().contiguous()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:

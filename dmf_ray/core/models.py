@@ -1,17 +1,7 @@
 """One-step generators and their pickle-free checkpoint format.
 
-Three generators cover the project's uses:
-
-* ``residual`` -- latent translation, f(x) = x + g(x). The last layer of g is zero-initialised,
-  so training starts from the identity map exactly: before any step the "translation" already
-  preserves identity, and the drift only has to learn the change (adult -> child, source ->
-  target Gaussian).
-* ``noise`` -- an unconditional toy generator that maps noise (B, noise_dim) to samples (B, dim).
-* ``icnn`` -- the Optimal Flow Matching baseline's map x -> grad Psi(x) with Psi an input-convex
-  network (:class:`ICNN`); a gradient of a convex function is exactly the form every quadratic-cost
-  OT map takes (Brenier), so OFM (``dmf_ray.core.ofm``) searches only among such maps.
-
-Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone rebuilds
+``residual`` (latent translation, the identity at initialisation), ``noise`` (the toy's
+noise -> samples) and ``icnn`` (the OFM baseline's map x -> grad Psi(x)). Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone rebuilds
 its model and loading never unpickles anything.
 """
 
@@ -56,14 +46,9 @@ FORMAT_VERSION = "1"
 class GeneratorConfig:
     """Architecture of a generator; everything needed to rebuild it from a checkpoint.
 
-    ``dim`` is the data dimension (the output; for ``residual`` and ``icnn`` also the input).
-    ``noise_dim`` is the input dimension of a ``noise`` generator (None: same as ``dim``);
-    ``residual`` and ``icnn`` generators map their output space to itself, so there it must be
-    None or ``dim``. ``depth`` counts hidden layers of width ``width``.
-    ``icnn`` always uses CELU (convexity needs a convex, non-decreasing activation, which rules
-    out silu/gelu/tanh; CELU rather than ReLU because it is smooth, so grad Psi is continuous and
-    has the Hessian OFM's loss uses), so ``activation`` does not apply to it; it has no LayerNorm
-    (normalisation does not preserve convexity), so ``layer_norm`` must stay false.
+    ``dim`` is the data (output) dimension; ``noise_dim`` the input of a ``noise`` generator
+    (None: ``dim``; residual and icnn map dim -> dim). ``depth`` counts hidden layers. ``icnn``
+    ignores ``activation`` (always CELU, see :class:`ICNN`) and has no LayerNorm.
     """
 
     kind: GeneratorKind = "residual"
@@ -115,10 +100,10 @@ def _mlp(in_dim: int, out_dim: int, cfg: GeneratorConfig) -> nn.Sequential:
 
 
 class ResidualMLP(nn.Module):
-    """Translation generator f(x) = x + g(x): (B, dim) -> (B, dim), the identity at initialisation.
+    """Translation generator f(x) = x + g(x), (B, dim) -> (B, dim).
 
-    g's last Linear has zero weight and bias, so g(x) == 0 and f(x) == x bit for bit before the
-    first step; gradients still reach every layer through that zero layer's weight.
+    g's last Linear is zero, so f is the identity bit for bit before the first step and the drift
+    only learns the change (adult -> child); gradients still reach every layer through it.
     """
 
     def __init__(self, cfg: GeneratorConfig) -> None:
@@ -163,11 +148,10 @@ class ICNN(nn.Module):
         Psi(x)  = softplus(v) . z_K + 1/2 ||B x||^2 + c . x + ALPHA/2 ||x||^2
 
     (A_k x)^2 is elementwise (one rank-1 convex quadratic per unit), L_k, A_k, b_k, B, c are
-    unconstrained. Convexity holds for *every* parameter value: CELU is convex and non-decreasing,
-    the z-path weights are non-negative through a softplus reparametrisation (chosen over the
-    paper code's clamp-after-each-step so that no training loop -- OFM or DMF -- can forget the
-    projection and silently leave the convex cone), and the rest are convex quadratics and
-    affine terms. ALPHA/2 ||x||^2 makes Psi ALPHA-strongly convex, so the OFM inner problem
+    unconstrained. Convexity holds for *every* parameter value: CELU is convex and non-decreasing
+    (and smooth, unlike ReLU, so grad Psi has the Hessian OFM's loss uses), the z-path weights
+    are non-negative through a softplus (not the paper code's clamp after each step, which a
+    training loop could forget), the rest are convex quadratics and affine terms. ALPHA/2 ||x||^2 makes Psi ALPHA-strongly convex, so the OFM inner problem
     stays strongly convex even at t = 1 and the map is invertible.
 
     Initialisation: B = sqrt(1 - ALPHA) I, c = 0, and a z-path of small non-negative weights, so
@@ -218,14 +202,8 @@ class ICNN(nn.Module):
         return psi + 0.5 * self.ALPHA * x.square().sum(dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The map grad_x Psi(x): (N, dim) -> (N, dim).
-
-        The gradient is taken with autograd even when the caller runs under ``torch.no_grad()``
-        or ``torch.inference_mode()`` (``translate``, the pyfunc): both are lifted locally.
-        ``create_graph`` follows the caller's grad mode -- with autograd on (training, or a
-        Jacobian check in eval mode) the result is differentiable in x and the parameters, as any
-        module's output; under no_grad/inference it is a plain tensor and no graph is kept.
-        """
+        """The map grad_x Psi(x): (N, dim) -> (N, dim), also under no_grad / inference_mode
+        (lifted locally); differentiable in x and the parameters only when grad mode is on."""
         differentiable = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad():
             # An inference-mode tensor cannot enter autograd; a clone made here can.
@@ -244,17 +222,14 @@ GENERATORS: dict[str, Callable[[GeneratorConfig], nn.Module]] = {
 
 
 def build_generator(cfg: GeneratorConfig) -> nn.Module:
-    """Instantiate the generator named by ``cfg.kind``."""
     return GENERATORS[cfg.kind](cfg)
 
 
 def save_generator(model: nn.Module, cfg: GeneratorConfig, path: str | os.PathLike[str]) -> None:
     """Write ``model``'s weights and ``cfg`` to one safetensors file, atomically.
 
-    The weights must be exactly those of ``build_generator(cfg)`` (same names and shapes); a
-    mismatch -- a wrapped model (DDP, torch.compile) or the wrong config -- fails here rather
-    than when someone tries to load the file. Written with :func:`dmf_ray.files.atomic_write`, so a
-    crash never leaves a half-written checkpoint under ``path``.
+    Weights that are not exactly those of ``build_generator(cfg)`` -- a wrapped model (DDP,
+    torch.compile) or the wrong config -- fail here rather than when the file is loaded.
     """
     path = Path(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -277,11 +252,8 @@ def save_generator(model: nn.Module, cfg: GeneratorConfig, path: str | os.PathLi
 def load_generator(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, GeneratorConfig]:
-    """Rebuild a generator written by :func:`save_generator`; weights are loaded strictly.
-
-    Any problem with the file (missing, truncated, not safetensors, not a dmf_ray generator,
-    config or weights inconsistent) raises :class:`DataError` naming the file.
-    """
+    """Rebuild a generator written by :func:`save_generator`; any problem with the file is a
+    :class:`DataError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "no such file")
