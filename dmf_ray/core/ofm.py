@@ -25,10 +25,9 @@ positive definite), hence
     dL/dtheta = E < sg( M^{-1} 2 (x0 - z0) / t ), d_theta grad Psi_theta(z0) >,
 
 the paper's explicit gradient. :func:`ofm_loss` returns the surrogate whose autograd gradient is
-exactly this: mean_i < sg(w_i), grad Psi_theta(z0_i) > with w = M^{-1} 2 (x0 - z0) / t. Its value is
-meaningless; the reported loss is L itself. (The released code does the same, with a brute-force
-Hessian inverse: our ``ihv="exact"``; ``ihv="cg"`` solves M w = v by conjugate gradients with
-Hessian-vector products instead, which is much cheaper in high dimension.)
+exactly this (its value is meaningless; the reported loss is L). ``ihv="exact"`` inverts the
+Hessian as the released code does; ``ihv="cg"`` uses conjugate gradients on Hessian-vector
+products instead, much cheaper in high dimension.
 
 Not reproduced from the released code: its optional masks that drop samples whose inversion
 failed or fell out of distribution (every sample is kept here).
@@ -62,13 +61,11 @@ T_EPS = 1e-5
 
 @pydantic.dataclasses.dataclass(frozen=True, config=SECTION)
 class OFMConfig:
-    """OFM training options (the model, optimiser, batch size and steps come from TrainConfig).
+    """OFM training options (model, optimiser, batch and steps come from TrainConfig).
 
-    ``inner_iterations``: L-BFGS iterations of the inverse-map solve (the paper: about 10).
-    ``ot_pairing``: pair each batch by minibatch OT (the paper's setting) or keep the independent
-    draw. ``t_min``/``t_max``: t ~ U(t_min, t_max). ``ihv``: how M^{-1} v is computed --
-    ``exact`` builds the (N, d, d) Hessian with d Hessian-vector products and solves (as released;
-    cost grows with d), ``cg`` runs at most ``cg_iterations`` conjugate-gradient steps.
+    ``inner_iterations``: L-BFGS iterations of the inverse-map solve (the paper: about 10);
+    ``ot_pairing``: minibatch-OT pairing (the paper's setting) or the independent draw;
+    t ~ U(t_min, t_max); ``ihv``: how M^{-1} v is computed (module docstring).
     """
 
     inner_iterations: PositiveInt = 10
@@ -87,12 +84,8 @@ class OFMConfig:
 
 @dataclass(frozen=True)
 class OFMLoss:
-    """One evaluation of the OFM objective on a batch.
-
-    ``surrogate``: scalar whose parameter gradient is the OFM gradient (backpropagate this; its
-    value has no meaning). ``value``: the OFM loss E||u(x_t) - (x1 - x0)||^2, detached.
-    ``residual``: u(x_t) - (x1 - x0) = (x0 - z0)/t per sample, (N, d), detached.
-    """
+    """``surrogate`` to backpropagate (module docstring); ``value`` the OFM loss, detached;
+    ``residual`` u(x_t) - (x1 - x0) = (x0 - z0)/t, (N, d), detached."""
 
     surrogate: Tensor
     value: Tensor
@@ -102,9 +95,8 @@ class OFMLoss:
 def minibatch_ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
     """Rows of x1 to pair with x0 (N, d) so that sum_i ||x0_i - x1_perm[i]||^2 is minimal.
 
-    x1 is (M, d) with M >= N; returns int64 (N,) distinct indices into x1 (a permutation when
-    M == N), on x1's device. Exact assignment (Hungarian / Jonker-Volgenant via scipy) on the
-    float64 squared-distance matrix: O(N^3), negligible at OFM's batch size 128.
+    x1 is (M, d) with M >= N; returns int64 (N,) distinct indices into x1. Exact assignment
+    (scipy's Jonker-Volgenant): O(N^3), negligible at OFM's batch size 128.
     """
     if x0.ndim != 2 or x1.ndim != 2 or x0.shape[1] != x1.shape[1]:
         raise ValueError(f"expected (N, d) and (M, d) batches, got {tuple(x0.shape)} and {tuple(x1.shape)}")
@@ -129,10 +121,8 @@ def inner_objective(icnn: nn.Module, z: Tensor, x_t: Tensor, t: Tensor) -> Tenso
 def invert_map(icnn: nn.Module, x_t: Tensor, t: Tensor, iterations: int = 10, tolerance_grad: float = 1e-7) -> Tensor:
     """z0 (N, d) with (1 - t) z0 + t grad Psi(z0) ~= x_t, by L-BFGS on :func:`inner_objective`.
 
-    ``icnn`` exposes ``potential`` (an unwrapped :class:`dmf_ray.core.models.ICNN`); t is (N,) or (N, 1).
-    The N problems are independent, so one L-BFGS run (strong-Wolfe line search, started at
-    z = x_t, the exact answer for t = 0 or the identity map) minimises their sum. Only z is
-    differentiated: parameter ``.grad`` fields are left untouched and the result is detached.
+    The N problems are independent, so one L-BFGS run (started at z = x_t, exact for t = 0)
+    minimises their sum. Only z is differentiated: parameter ``.grad`` fields stay untouched.
     """
     t = t.reshape(-1, 1).to(x_t)
     x_t = x_t.detach()
@@ -161,9 +151,8 @@ def flow_jacobian_solve(
 ) -> Tensor:
     """w = M^{-1} v per sample, M = (1 - t) I + t Hess Psi(z0): (N, d), detached.
 
-    M is the Jacobian of the flow map z -> (1 - t) z + t grad Psi(z); symmetric positive definite
-    (Psi convex), so CG applies. The Hessian is block-diagonal over the batch (samples do not
-    interact in Psi), so one Hessian-vector product of the summed gradient serves all samples.
+    M (the flow map's Jacobian) is SPD and block-diagonal over the batch, so CG applies and one
+    Hessian-vector product of the summed gradient serves all samples.
     """
     t = t.reshape(-1, 1).to(z0)
     with torch.inference_mode(False), torch.enable_grad():
@@ -217,13 +206,9 @@ def ofm_loss(
 ) -> OFMLoss:
     """The OFM objective for paired x0, x1 (N, d) at times t (N,), given z0 = invert_map(x_t).
 
-    ``icnn`` is the generator as trained (it may be wrapped, e.g. DDP: the surrogate calls its
-    forward, grad Psi, so gradient sync happens); the Hessian solve uses ``unwrapped``, the module
-    inside such a wrapper (default: ``icnn`` itself).
-    The surrogate is mean_i < sg(M_i^{-1} 2 r_i), grad Psi_theta(z0_i) > with r = (x0 - z0)/t,
-    whose parameter gradient equals the gradient of L = mean_i ||r_i||^2 (module docstring; up to
-    the factor t / (t + T_EPS) on each sample, which T_EPS = 1e-5 puts within 1e-4 of 1 for t >= 0.1).
-    x1 only fixes x_t, which z0 already encodes; it is checked for shape, not used.
+    ``icnn`` may be wrapped (DDP: the surrogate calls its forward, so gradients sync); the
+    Hessian solve uses ``unwrapped``, the module inside (default ``icnn``). The gradient equals
+    L's up to t / (t + T_EPS) per sample. x1 only fixes x_t, which z0 encodes: checked, not used.
     """
     if not (x0.shape == x1.shape == z0.shape and t.reshape(-1).shape[0] == x0.shape[0]):
         raise ValueError(
