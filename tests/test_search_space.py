@@ -6,7 +6,9 @@ No Ray cluster is started: OptunaSearch and ASHAScheduler are plain objects unti
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import optuna
@@ -16,7 +18,7 @@ from dmf_ray.trainer.config import load_train_config
 from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.platform.search_space import (
     SearchSpec,
-    define_by_run,
+    DefineByRun,
     is_active,
     load_search_space,
     make_scheduler,
@@ -189,7 +191,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_define_by_run_respects_when_over_many_asks() -> None:
     spec = load_search_space(SPACES / "friction.yaml")
-    space = define_by_run(spec)
+    space = DefineByRun(spec)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
     conditional = {
         "friction.power": {"power"},
@@ -217,7 +219,7 @@ def test_define_by_run_respects_when_over_many_asks() -> None:
 
 def test_list_choices_are_suggested_by_label_and_resolved_into_train_config() -> None:
     spec = load_search_space(SPACES / "kernel.yaml")
-    space = define_by_run(spec)
+    space = DefineByRun(spec)
     temperatures = spec.params["drift.temperatures"]
     assert all(isinstance(label, str) for label in temperatures.options)
     assert any(len(temperatures.value(label)) > 1 for label in temperatures.options)
@@ -240,24 +242,38 @@ def test_list_choices_are_suggested_by_label_and_resolved_into_train_config() ->
         trial_overrides(spec, {"steps": 3})
 
 
+def _suggestions(spec: SearchSpec, n: int = 6) -> list[dict[str, Any]]:
+    searcher = make_searcher(spec)
+    return [searcher.suggest(f"trial-{i}") for i in range(n)]
+
+
 def test_make_searcher_and_scheduler() -> None:
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     spec = load_search_space(SPACES / "friction.yaml")
     searcher = make_searcher(spec)
     assert isinstance(searcher, OptunaSearch)
     assert (searcher.metric, searcher.mode) == ("fd", "min")
-    assert isinstance(searcher._sampler, optuna.samplers.TPESampler)
     config = searcher.suggest("trial-1")
     assert "friction.schedule" in config and not set(config) & set(spec.fixed)
     assert load_train_config(None, {**spec.fixed, **trial_overrides(spec, config)}).steps == spec.fixed["steps"]
+    # The sampler is seeded: the same spec suggests the same trials, another seed others.
+    assert _suggestions(spec) == _suggestions(spec)
+    assert _suggestions(spec) != _suggestions(replace(spec, sampler=replace(spec.sampler, seed=1)))
 
+    # ASHA counts "step", minimises fd, first rung at grace_period 300, stops at max_t = steps.
     scheduler = make_scheduler(spec)
-    assert isinstance(scheduler, ASHAScheduler)
-    assert (scheduler.metric, scheduler._mode, scheduler._time_attr) == ("fd", "min", "step")
-    assert scheduler._max_t == spec.fixed["steps"]
-    assert sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs) == [300, 600]
+    assert isinstance(scheduler, ASHAScheduler) and scheduler.metric == "fd"
+    good, bad, late = (SimpleNamespace(trial_id=t) for t in ("good", "bad", "late"))
+    for trial in (good, bad, late):
+        scheduler.on_trial_add(None, trial)
+    on_result = scheduler.on_trial_result
+    assert on_result(None, good, {"step": 300, "fd": 1.0}) == TrialScheduler.CONTINUE
+    assert on_result(None, bad, {"step": 299, "fd": 9.0}) == TrialScheduler.CONTINUE  # before the rung
+    assert on_result(None, bad, {"step": 300, "fd": 2.0}) == TrialScheduler.STOP  # worse at the rung
+    assert on_result(None, late, {"step": 300, "fd": 0.5}) == TrialScheduler.CONTINUE  # better
+    assert on_result(None, late, {"step": spec.fixed["steps"], "fd": 0.1}) == TrialScheduler.STOP  # max_t
 
     raw = valid_raw()
     raw.update(metric="transport_cost", mode="max", sampler={"type": "random", "seed": 3}, scheduler={"type": "none"})
@@ -265,7 +281,14 @@ def test_make_searcher_and_scheduler() -> None:
     assert make_scheduler(other) is None
     searcher = make_searcher(other)
     assert (searcher.metric, searcher.mode) == ("transport_cost", "max")
-    assert isinstance(searcher._sampler, optuna.samplers.RandomSampler)
+    # type: random draws exactly what Optuna's RandomSampler(seed=3) draws over the same space.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    expected = []
+    for _ in range(4):
+        trial = study.ask()
+        DefineByRun(other)(trial)
+        expected.append(trial.params)
+    assert _suggestions(other, 4) == expected
 
 
 def test_when_forms_for_list_and_numeric_params() -> None:

@@ -3,73 +3,18 @@
 Why here: a sweep is described by data -- what to search, what to keep fixed, how to sample and
 when to stop trials early -- and a typo in it (``friction.powr``, ``schedule: linearr``,
 ``temperatures: [0.0]``) must fail when the file is loaded, with one line naming the key, not an
-hour later inside a Ray worker. The file's schema is the frozen pydantic dataclasses below
-(:mod:`dmf_ray.schema` turns their errors into one-line messages); this module also turns a
-:class:`SearchSpec` into the Optuna define-by-run function, the Tune searcher and the ASHA
-scheduler. It knows nothing about how trials run (the sweep driver does that).
+hour later inside a Ray worker. The file's schema is the frozen pydantic dataclasses below,
+documented with every default and rule in README.md, "Search-space files"; :mod:`dmf_ray.schema`
+turns their errors into one-line messages naming the key path (``params.friction.power.low``).
+Loading also builds one TrainConfig per extreme of every param (low, high, each choice, with
+its ``when`` satisfied), so a value the training config refuses fails here, once.
 
-Schema (every section except ``params`` is optional; the defaults are shown in comments)::
-
-    metric: fd            # fd | kid | l2_uvp | transport_cost | cmmd | fid_image  (default fd)
-    mode: min             # min | max                                       (default min)
-    num_samples: 8        # trials in the sweep, >= 1                      (default 8)
-    max_concurrent: 2     # trials at once, >= 1                            (default 2)
-    sampler: {type: tpe, seed: 0, n_startup_trials: 4}   # or {type: random, seed: 0}
-                          # (default {type: tpe, seed: 0, n_startup_trials: 10}; seed may be null)
-    scheduler: {type: asha, grace_period: 300, reduction_factor: 2, max_t: 1000}  # or {type: none}
-                          # (default {type: none}). ASHA counts training steps: grace_period and
-                          # max_t are steps; max_t defaults to the fixed ``steps`` (the largest
-                          # value when ``steps`` is searched, else TrainConfig's default);
-                          # grace_period defaults to ``eval_every``, reduction_factor to 2;
-                          # grace_period must be < max_t.
-    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # Ray Train workers per trial
-    fixed:                # dotted TrainConfig keys -> values, applied to every trial
-      steps: 1000
-      eval_every: 100
-    params:               # searched, in order: a conditional param follows the params in its `when`
-      friction.schedule: {type: categorical, choices: [linear, cosine, power, sigmoid, warmup_linear]}
-      friction.power: {type: float, low: 0.3, high: 4.0, log: true, when: {friction.schedule: power}}
-      friction.order: {type: categorical, choices: [first, second, hybrid]}
-      drift.temperatures: {type: categorical, choices: {t05: [0.05], t2: [0.2], t05_2: [0.05, 0.2]}}
-      optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
-      batch_size: {type: int, low: 256, high: 2048, step: 256}
-
-Param types:
-
-* ``float``: ``low`` < ``high``, optional ``log`` (needs low > 0) or ``step`` (> 0), not both;
-* ``int``: integer ``low`` < ``high``, optional ``log`` (low >= 1) or ``step`` (>= 1, and
-  ``high - low`` a multiple of it), not both;
-* ``categorical``: non-empty ``choices``, either a list of scalars (null, bool, number, string)
-  or a mapping ``label: value`` whose values may be anything, lists included. Optuna suggests
-  the scalar or the label; :func:`trial_overrides` turns a label back into its value.
-
-``when: {other: value}`` or ``{other: [v1, v2]}`` -- the param is suggested only when the
-earlier param ``other`` was suggested and took one of those values (a label, for a labelled
-categorical); several keys must all hold. A param left out keeps TrainConfig's default.
-
-Every name in ``fixed`` and ``params`` must be a real TrainConfig key (``section.field`` or a
-loop key such as ``steps``), and every fixed value, bound and choice must be accepted by the
-training config: loading builds one TrainConfig per extreme (each param at its low, its high and
-each choice, the params it depends on set so that its ``when`` holds, every other param at its
-first value) through :func:`dmf_ray.trainer.config.load_train_config`, once, at load time.
-Errors are :class:`~dmf_ray.errors.ConfigError` whose field is
-the key path in the file, e.g. ``params.friction.power.low``, ``scheduler.grace_period``,
-``fixed.steps``, ending with ``(in <file>)``; a file that cannot be read or parsed is a
-:class:`~dmf_ray.errors.DataError` naming the file.
-
-Using it with Tune::
-
-    spec = load_search_space("search_spaces/friction.yaml")
-    tune_config = tune.TuneConfig(search_alg=make_searcher(spec), scheduler=make_scheduler(spec),
-                                  num_samples=spec.num_samples,
-                                  max_concurrent_trials=spec.max_concurrent)
-    # a trial's config: load_train_config(None, {**spec.fixed, **trial_overrides(spec, config)})
-
-The searcher and the ASHA scheduler already carry ``metric`` and ``mode``: do not pass them to
-``TuneConfig`` as well while a scheduler is used (Tune rejects that); ask the result grid with
-``get_best_result(metric=spec.metric, mode=spec.mode)``. The Tune config of a trial holds only
-the suggested params (dotted names, labels for labelled choices); the fixed keys are the
-caller's to merge, once.
+This module also turns a :class:`SearchSpec` into the Optuna define-by-run function, the Tune
+searcher and the ASHA scheduler; it knows nothing about how trials run (:mod:`dmf_ray.platform.sweep`
+does). The searcher and the scheduler already carry ``metric`` and ``mode``: do not pass them to
+``TuneConfig`` as well while a scheduler is used (Tune rejects that). A trial's Tune config holds
+only the suggested params (dotted names, labels for labelled choices); the fixed keys are the
+caller's to merge, once, with :func:`trial_overrides`.
 """
 
 from __future__ import annotations
@@ -94,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (Ray is slow
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-METRICS: tuple[str, ...] = METRIC_NAMES
 # The Tune metric that ASHA counts in: the trainer reports "step" at every evaluation.
 TIME_ATTR = "step"
 # A trial's own bookkeeping CPU (0.01) is taken from its workers' share: keep the share positive.
@@ -139,7 +83,7 @@ def _check_range(p: FloatParam | IntParam) -> None:
 
 @dataclass(frozen=True, config=SECTION)
 class FloatParam:
-    """A float in [low, high] (see the module docstring)."""
+    """A float in [low, high], optionally on a log scale or a ``step`` grid."""
 
     type: Literal["float"]
     low: Float
@@ -176,7 +120,7 @@ class FloatParam:
 
 @dataclass(frozen=True, config=SECTION)
 class IntParam:
-    """An integer in [low, high] on the ``step`` grid (see the module docstring)."""
+    """An integer in [low, high] on the ``step`` grid, optionally on a log scale."""
 
     type: Literal["int"]
     low: Int
@@ -321,10 +265,7 @@ class ResourceSpec:
 
 @dataclass(frozen=True, config=SECTION)
 class SearchSpec:
-    """A validated sweep: see the module docstring for the meaning of every field.
-
-    ``params`` maps each searched dotted TrainConfig key to its param, in file order.
-    """
+    """A validated sweep (README.md, "Search-space files"); ``params`` keeps the file's order."""
 
     params: Annotated[dict[str, Param], Field(min_length=1)]
     metric: Literal[METRIC_NAMES] = "fd"  # type: ignore[valid-type]
@@ -388,11 +329,7 @@ def load_search_space(path: str | Path) -> SearchSpec:
 
 
 def search_space_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> SearchSpec:
-    """Validate plain data (as read from YAML) into a SearchSpec, checked against TrainConfig.
-
-    Raises ConfigError whose field is the key path (``params.friction.power.low``); the problem
-    ends with ``(in <source>)``.
-    """
+    """Validate plain data (as read from YAML) into a SearchSpec, checked against TrainConfig."""
     try:
         spec = validate(SearchSpec, raw, root="search space")
         base = _check_against_train_config(spec)
@@ -515,12 +452,10 @@ def _same(a: Any, b: Any) -> bool:
 
 @dataclass(frozen=True)
 class DefineByRun:
-    """The Optuna define-by-run function of a spec, for ``OptunaSearch(space=...)``.
+    """The Optuna define-by-run function of a spec: the params in order, those whose ``when`` holds.
 
-    Suggests the params in order, skipping those whose ``when`` does not hold, and returns no
-    constants: a trial's Tune config is the suggested params only (dotted names, labels for
-    labelled choices). A class, not a closure: Tune pickles the searcher (and with it this
-    function) into every experiment checkpoint.
+    A class, not a closure: Tune pickles the searcher (and with it this function) into every
+    experiment checkpoint.
     """
 
     spec: SearchSpec
@@ -532,16 +467,8 @@ class DefineByRun:
                 chosen[name] = p.suggest(trial, name)
 
 
-def define_by_run(spec: SearchSpec) -> DefineByRun:
-    """See :class:`DefineByRun`."""
-    return DefineByRun(spec)
-
-
 def trial_overrides(spec: SearchSpec, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted TrainConfig overrides from a trial's Tune config: each param's real value.
-
-    A pure function: it runs the same on the driver and inside Train workers.
-    """
+    """Dotted TrainConfig overrides from a trial's Tune config: each param's real value."""
     out: dict[str, Any] = {}
     for name, suggestion in config.items():
         if name not in spec.params:
@@ -561,20 +488,14 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 def make_searcher(spec: SearchSpec) -> OptunaSearch:
-    """Tune's OptunaSearch over :func:`define_by_run` with the spec's metric, mode and sampler.
-
-    Limit concurrency with ``TuneConfig(max_concurrent_trials=spec.max_concurrent)``.
-    """
+    """Tune's OptunaSearch over :class:`DefineByRun` with the spec's metric, mode and sampler."""
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=make_sampler(spec))
+    return OptunaSearch(space=DefineByRun(spec), metric=spec.metric, mode=spec.mode, sampler=make_sampler(spec))
 
 
 def make_scheduler(spec: SearchSpec) -> ASHAScheduler | None:
-    """ASHA counting training steps (``time_attr="step"``), or None for ``type: none``.
-
-    Carries the spec's metric and mode; do not pass them to ``TuneConfig`` as well.
-    """
+    """ASHA counting training steps (``time_attr="step"``), or None for ``type: none``."""
     s = spec.scheduler
     if not isinstance(s, ASHA):
         return None
@@ -589,7 +510,6 @@ __all__ = [
     "CategoricalParam",
     "FloatParam",
     "IntParam",
-    "METRICS",
     "MIN_CPUS_PER_WORKER",
     "NoScheduler",
     "Param",
@@ -600,7 +520,7 @@ __all__ = [
     "SearchSpec",
     "TIME_ATTR",
     "TPESampler",
-    "define_by_run",
+    "DefineByRun",
     "is_active",
     "load_search_space",
     "make_sampler",
