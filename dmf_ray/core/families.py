@@ -35,7 +35,6 @@ import torch
 from torch import Tensor
 
 from dmf_ray.core.drift import (
-    FAMILIES,
     SQ_DIST_EPS,
     DriftConfig,
     DriftResult,
@@ -52,18 +51,6 @@ from dmf_ray.core.geometry import sq_distances
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-__all__ = [
-    "FAMILIES",
-    "SharpPotential",
-    "barycentric_projection",
-    "family_drift",
-    "kl_parzen_drift",
-    "mmd_drift",
-    "sharp_potential",
-    "sinkhorn_drift",
-]
-
 
 # --------------------------------------------------------------------------- dispatcher
 

@@ -1,26 +1,13 @@
 """Image-space scores for latent translators: CMMD (CLIP) and FID (Inception), plus a decoder hook.
 
-Why this module exists: latent-space FD/KID (``dmf_ray.eval.metrics``) say how well mapped ALAE W
-latents match the target latents, but papers report image metrics. When a run configures a
-decoder (``eval.decoder = "module:function"``, latents -> images), :func:`build_image_scorer` decodes
-mapped and target latents batch by batch and scores the images with
+Papers report image metrics, not latent FD. When a run names a decoder (``eval.decoder``,
+latents -> images), :func:`build_image_scorer` decodes mapped and target latents batch by batch
+and scores the images by CMMD (Jayasumana et al. 2024) and clean-fid's "clean" FID (README.md,
+"Metrics"). Weights are local files, never downloaded; a missing one is a one-line DataError.
 
-* **CMMD** (Jayasumana et al. 2024, "Rethinking FID"): MMD^2 with a Gaussian RBF kernel,
-  sigma = 10, on L2-normalised CLIP ViT-L/14-336 image embeddings, reported x1000;
-* **FID** with clean-fid's "clean" pipeline (PIL bicubic resize to 299 x 299 on float pixels,
-  then Inception-v3 pool features and clean-fid's Frechet distance).
-
-Nothing here downloads weights. CLIP and Inception weights are local files; a missing file is a
-one-line :class:`~dmf_ray.errors.DataError` naming it, a bad setting a
-:class:`~dmf_ray.errors.ConfigError` naming the field (``eval.decoder``, ``eval.clip_model``,
-``eval.inception_weights``). Tests use tiny randomly initialised open_clip models and random
-torch modules as clean-fid custom feature extractors.
-
-Images: a decoder (and every function here) may return either float ``(N, 3, H, W)`` in [0, 1]
-or uint8 ``(N, H, W, 3)``. Both are converted to uint8 ``(N, H, W, 3)`` first, i.e. exactly what
-an image would be after being written as a PNG -- the form in which the reference FID (clean-fid
-folders) and CMMD (google-research/cmmd folders) numbers are computed, so values are comparable
-with scores of saved image folders.
+Images may be float ``(N, 3, H, W)`` in [0, 1] or uint8 ``(N, H, W, 3)``; both become uint8
+first, exactly what a saved PNG holds -- the form in which the reference FID (clean-fid folders)
+and CMMD (google-research/cmmd) numbers are computed, so the values are comparable.
 """
 
 from __future__ import annotations
@@ -61,13 +48,11 @@ DECODE_BATCH: int = 32
 
 
 def _one_line(exc: BaseException) -> str:
-    """An exception as ``Type: message`` on one line, for the one-line user-error messages."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _resolve_device(device: torch.device | str | None) -> torch.device:
-    """``None`` -> the GPU when there is one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -81,10 +66,8 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
 def to_uint8_images(images: ImageBatch, name: str = "images") -> np.ndarray:
     """float (N, 3, H, W) in [0, 1] or uint8 (N, H, W, 3) -> uint8 numpy (N, H, W, 3).
 
-    Why quantise: both reference pipelines score PNG files, so 8-bit pixels make our numbers
-    comparable with theirs; rounding (not truncation) is what saving a [0, 1] image does.
-    Float values more than 1e-3 outside [0, 1] are refused rather than clipped, because the usual
-    cause is a decoder that returns [-1, 1] images, which clipping would silently halve.
+    Rounded, as saving a [0, 1] image does. Floats more than 1e-3 outside [0, 1] are refused
+    rather than clipped: the usual cause is a [-1, 1] decoder, which clipping would silently halve.
     """
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu()
@@ -123,7 +106,7 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
 
 
 def _rbf_kernel_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, block: int) -> float:
-    """sum_ij exp(-gamma ||a_i - b_j||^2), float64, in row blocks so memory stays O(block * M)."""
+    """sum_ij exp(-gamma ||a_i - b_j||^2) in row blocks: memory O(block * M)."""
     total = 0.0
     for rows in _batches(a.shape[0], block):
         total += float(torch.exp(-gamma * sq_distances(a[rows], b)).sum())
@@ -141,17 +124,11 @@ def cmmd(
 ) -> float:
     """CMMD (Jayasumana et al. 2024): scale * MMD^2 with k(a, b) = exp(-||a - b||^2 / (2 sigma^2)).
 
-    x (N, E) and y (M, E) are CLIP image embeddings, L2-normalised as the reference code's CLIP
-    (scenic ``encode_image(normalize=True)``) and :meth:`ClipEmbedder.embed` return them; this
-    function does not renormalise, so it is a plain kernel MMD on whatever features it gets.
-
-    ``unbiased=True`` (default, the estimator the paper names) drops the
-    i = j terms of the within-set sums: E[value] = true MMD^2, so two samples of one distribution
-    score about 0 and may score slightly below it. ``unbiased=False`` keeps them (the
-    "minimum-variance/biased" V-statistic), which is what google-research/cmmd ``distance.mmd``
-    actually computes; use it to reproduce published numbers exactly. The two differ by
-    O(1/N) -- negligible at the paper's 30k images, visible on small eval sets.
-    Computed in float64; cost O((N + M)^2 E), memory O(block * max(N, M)).
+    x (N, E) and y (M, E): embeddings as :meth:`ClipEmbedder.embed` returns them (unit rows; not
+    renormalised here). ``unbiased`` (the estimator the paper names) drops the i = j terms, so
+    two samples of one distribution score about 0, possibly below; ``unbiased=False`` is the
+    V-statistic google-research/cmmd ``distance.mmd`` computes, to reproduce published numbers.
+    They differ by O(1/N). Computed in float64.
     """
     a, b = _as_pair(x_embeddings, y_embeddings, ("x_embeddings", "y_embeddings"))
     if not sigma > 0:
@@ -176,7 +153,7 @@ def cmmd(
 
 
 def _is_torchscript_archive(path: Path) -> bool:
-    """True for a TorchScript zip (it has ``<name>/constants.pkl``; a torch.save zip has not)."""
+    """A TorchScript zip has ``<name>/constants.pkl``; a torch.save zip has not."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -184,11 +161,8 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def _check_architecture(model: torch.nn.Module, model_name: str, path: Path) -> None:
-    """Refuse weights of another architecture than ``model_name`` (e.g. ViT-B/32 for CMMD's ViT-L/14-336).
-
-    A state-dict file is loaded strictly into ``model_name``'s architecture, so only a TorchScript
-    archive (whose architecture comes from the file) can get here mismatched.
-    """
+    """Refuse a TorchScript archive of another architecture than ``model_name`` (a state-dict
+    file is loaded strictly into it, so only an archive can get here mismatched)."""
     import open_clip
 
     cfg = open_clip.get_model_config(model_name) or {}
@@ -208,13 +182,10 @@ def _check_architecture(model: torch.nn.Module, model_name: str, path: Path) -> 
 class ClipEmbedder:
     """L2-normalised open_clip image embeddings, for CMMD.
 
-    Build it from an open_clip model name and a LOCAL weights file (``ClipEmbedder(name, path)``;
-    for CMMD: ``ViT-L-14-336-quickgelu`` with OpenAI's ViT-L/14-336 weights, either OpenAI's
-    TorchScript ``ViT-L-14-336px.pt`` or an open_clip state-dict file such as
-    ``open_clip_pytorch_model.bin`` / ``.safetensors``). Preprocessing is open_clip's own
-    validation transform (bicubic resize of the short side, centre crop, CLIP mean/std), applied
-    to 8-bit PIL images -- the same as the CMMD reference, which centre-crops and bicubic-resizes
-    PNGs with PIL before normalising.
+    From an open_clip model name and a LOCAL weights file: for CMMD ``ViT-L-14-336-quickgelu``
+    with OpenAI's TorchScript ``ViT-L-14-336px.pt`` or an open_clip state-dict file.
+    Preprocessing is open_clip's validation transform on 8-bit PIL images, as the CMMD
+    reference does on PNGs.
     """
 
     def __init__(
@@ -278,10 +249,8 @@ class ClipEmbedder:
 def load_inception(path: str | os.PathLike[str], device: torch.device | str | None = None) -> FeatureExtractor:
     """clean-fid's Inception-v3 feature extractor (2048-d pool features) from a local file.
 
-    ``path`` is clean-fid's torchscript ``inception-2015-12-05.pt`` or the folder holding it.
-    clean-fid's ``InceptionV3W`` opens ``<folder>/inception-2015-12-05.pt`` by that fixed name,
-    so a renamed file is refused with a message saying so; ``download=False`` guarantees it never
-    fetches anything. The extractor takes (B, 3, 299, 299) float pixels in [0, 255].
+    ``path`` is ``inception-2015-12-05.pt`` or its folder (clean-fid opens the file by that fixed
+    name, so a renamed one is refused). The extractor takes (B, 3, 299, 299) floats in [0, 255].
     """
     from cleanfid.inception_torchscript import InceptionV3W
 
@@ -310,11 +279,8 @@ def image_features(
 ) -> np.ndarray:
     """clean-fid "clean"-mode features of in-memory images: (N, D) float numpy.
 
-    Same steps as clean-fid's folder pipeline (``ResizeDataset`` + ``get_files_features``) for
-    8-bit images: ``build_resizer("clean")`` (PIL bicubic to 299 x 299 on float32 pixels,
-    clipped to [0, 255]), CHW float tensor, ``get_batch_features`` (no grad) -- only without
-    writing files. ``extractor`` is clean-fid's Inception (:func:`load_inception`) or any
-    ``custom_feat_extractor``-style callable taking (B, 3, 299, 299) floats in [0, 255].
+    The steps of clean-fid's folder pipeline without the files; ``extractor`` is
+    :func:`load_inception`'s or any clean-fid ``custom_feat_extractor``-style callable.
     """
     pixels = to_uint8_images(images)
     dev = _resolve_device(device)
@@ -336,11 +302,8 @@ def image_features(
 def load_decoder(spec: str, field: str = "eval.decoder") -> Decoder:
     """Import ``"package.module:function"`` (or ``module:Object.method``) and return the callable.
 
-    The callable maps latents (N, D) float32 tensor -> images, float (N, 3, H, W) in [0, 1] or
-    uint8 (N, H, W, 3); it is called under ``torch.no_grad()`` and moves inputs to its own device.
-    Why a string spec: the ALAE decoder lives outside this package (its own code and weights),
-    and a config can name it without this package importing it. Every failure is a ConfigError
-    naming ``field``.
+    The callable maps latents (N, D) float32 -> images (module docstring), under no_grad. A
+    string because the ALAE decoder lives outside this package; failures name ``field``.
     """
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise ConfigError(field, f"expected 'module:function', got {spec!r}")
@@ -369,10 +332,7 @@ def _decoded_features(
     device: torch.device | str | None,
     name: str,
 ) -> ImageFeatures:
-    """The features step of image scoring: validate, decode in batches, embed.
-
-    Decodes in batches and keeps only features: 1024^2 images of a whole eval set would not fit.
-    """
+    """Decode in batches and keep only the features: a whole eval set of 1024^2 images would not fit."""
     latents = torch.from_numpy(_as_features(latents, name)).to(torch.float32)
     clip_out, fid_out = [], []
     for rows in _batches(latents.shape[0], batch_size):
@@ -391,7 +351,6 @@ def _decoded_features(
 
 
 def _scores_of_features(mapped: ImageFeatures, target: ImageFeatures) -> dict[str, float]:
-    """``{"cmmd", "fid_image"}`` from two :func:`_decoded_features` results, each when it was computed."""
     (clip_m, fid_m), (clip_t, fid_t) = mapped, target
     scores: dict[str, float] = {}
     if clip_m is not None and clip_t is not None:
@@ -406,11 +365,9 @@ def build_image_scorer(
 ) -> Callable[[Features], dict[str, float]] | None:
     """The run's image scorer from its ``eval`` section (a ``dmf_ray.trainer.config.EvalConfig``), or None.
 
-    The held-out target is a property of the run, so its first ``cfg.samples`` rows are decoded
-    and embedded here, once, together with loading the decoder, CLIP and Inception (loading
-    ViT-L/14-336 takes seconds). Returns ``score(mapped_latents) -> {"cmmd", "fid_image"}``,
-    which scores the first ``cfg.samples`` mapped rows against that target. Missing weight files
-    fail here, before any training step, with one line naming the file.
+    The target's first ``cfg.samples`` rows are decoded and embedded once, here, with the models
+    loaded (seconds), so missing weights fail before any training step. Returns
+    ``score(mapped_latents) -> {"cmmd", "fid_image"}``.
     """
     if cfg.decoder is None:
         return None
@@ -427,19 +384,3 @@ def build_image_scorer(
         return _scores_of_features(features(mapped, "mapped_latents"), target)
 
     return score
-
-
-__all__ = [
-    "build_image_scorer",
-    "CMMD_SCALE",
-    "CMMD_SIGMA",
-    "DEFAULT_CLIP_MODEL",
-    "INCEPTION_FILENAME",
-    "ClipEmbedder",
-    "cmmd",
-    "image_features",
-    "load_decoder",
-    "load_inception",
-    "to_uint8_images",
-]
-

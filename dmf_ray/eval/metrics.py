@@ -1,13 +1,9 @@
 """Sample-based metrics for generators and translation maps, on any feature vectors.
 
-Features are (N, D) arrays: 2-D toy points, ALAE W latents (D = 512) or image embeddings.
-The distances themselves come from clean-fid (``frechet_distance``, ``kernel_distance``) so
-that the numbers match what the literature reports with that package; this module only
-turns samples into the inputs those functions expect, validates them, and makes KID
-reproducible. clean-fid is imported when a distance is computed, not with this module:
-``cleanfid.fid`` brings its image pipeline along (Inception downloaders, resizers, tqdm; about a
-second), which the modules that only need :data:`METRIC_NAMES` (search space, Ray workers) and
-the training loop do not need. Translation-specific scores:
+Features are (N, D) arrays (toy points, ALAE latents, image embeddings). FD and KID come from
+clean-fid so that the numbers match the literature's; it is imported when a distance is
+computed, because ``cleanfid.fid`` brings its image pipeline along (about a second), which the
+modules that only need :data:`METRIC_NAMES` and the training loop do not. Translation scores:
 
 * transport cost  E||f(x) - x||^2              -- how much of the source is preserved;
 * L2-UVP          100 * E||T_hat(x) - T*(x)||^2 / Var(target)   (Korotin et al. 2021) --
@@ -52,7 +48,6 @@ def _as_pair(x: Features, y: Features, names: tuple[str, str] = ("x", "y")) -> t
 
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and unbiased covariance (D, D) of samples (N, D)."""
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
@@ -61,9 +56,8 @@ def frechet_distance_from_moments(
 ) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) via clean-fid.
 
-    ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}); mu: (D,), sigma: (D, D),
-    D >= 2. It is not clamped at zero: for identical inputs it may be a tiny negative number
-    (matrix square-root round-off), which is more honest than hiding the error.
+    ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}), D >= 2; not clamped at
+    zero (identical inputs may give a tiny negative round-off, which is more honest).
     """
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
@@ -83,11 +77,7 @@ def frechet_distance_from_moments(
 
 
 def frechet_distance(x: Features, y: Features) -> float:
-    """Frechet distance between Gaussians fitted to samples x (N, D) and y (M, D).
-
-    "FID" when the features are Inception embeddings; here any features (D = 2 ... 512).
-    Fitting uses the sample mean and the unbiased covariance in float64.
-    """
+    """Frechet distance between Gaussians fitted (float64, unbiased) to x (N, D) and y (M, D)."""
     a, b = _as_pair(x, y)
     return frechet_distance_from_moments(*_moments(a), *_moments(b))
 
@@ -101,11 +91,8 @@ def kernel_inception_distance(
 ) -> float:
     """Unbiased MMD^2 with the cubic polynomial kernel (KID), averaged over random subsets.
 
-    x (N, D), y (M, D); subsets have min(N, M, max_subset_size) rows. clean-fid draws the
-    subsets from numpy's *global* RNG, so this seeds it with ``seed`` for the call and then
-    restores the caller's state: the value depends only on the inputs and ``seed``, and the
-    caller's random stream is left untouched (not thread-safe with other global-RNG users).
-    Cost is about num_subsets * 3 * m^2 kernel entries: the defaults take seconds on a CPU.
+    clean-fid draws the subsets from numpy's *global* RNG, so this seeds it with ``seed`` for
+    the call and restores the caller's state after (not thread-safe with other global-RNG users).
     """
     a, b = _as_pair(x, y)
     if num_subsets < 1:
@@ -123,23 +110,14 @@ def kernel_inception_distance(
 
 
 def total_variance(y: Features) -> float:
-    """Total variance of samples y (N, D): the trace of their (unbiased) covariance matrix.
-
-    Equals E||y - E y||^2; it is the denominator ``Var_target`` of L2-UVP.
-    """
+    """E||y - E y||^2 (the trace of the unbiased covariance) of y (N, D): L2-UVP's denominator."""
     arr = _as_features(y, "y")
     return float(arr.var(axis=0, ddof=1).sum())
 
 
 def l2_uvp(pred: Features, true: Features, target_variance: float) -> float:
-    """L2 unexplained variance percentage (Korotin et al. 2021), in percent.
-
-    L2-UVP = 100 * mean_i ||pred_i - true_i||^2 / target_variance, where pred (N, D) = T_hat(x_i)
-    and true (N, D) = T*(x_i) are the learned and optimal maps at the same source samples x_i,
-    and ``target_variance`` is the total variance of the target distribution, i.e. the trace of
-    its covariance (see :func:`total_variance`). 0 means the optimal map; 100 is the error of
-    the constant map to the target mean.
-    """
+    """L2-UVP in percent (module docstring) of pred = T_hat(x) against true = T*(x), both (N, D):
+    0 is the optimal map, 100 the constant map to the target mean."""
     a, b = _as_pair(pred, true, ("pred", "true"))
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"pred and true must pair the same samples: {a.shape[0]} vs {b.shape[0]} rows")
@@ -165,14 +143,8 @@ def evaluate_translation(
     with_kid: bool = True,
     seed: int = 0,
 ) -> dict[str, float]:
-    """All translation scores in one call.
-
-    source (N, D) and mapped (N, D) = f(source) are paired; target (M, D) is a sample of the
-    target distribution. Returns ``fd`` and (``with_kid``) ``kid`` of mapped vs target,
-    ``transport_cost`` of source -> mapped and, when ``ot_map`` (the known optimal map, called
-    on ``source`` as given) is supplied, ``l2_uvp`` of mapped against ``ot_map(source)`` with
-    the target sample's total variance as denominator. ``seed`` fixes KID's subsets.
-    """
+    """``fd``, ``kid`` (``with_kid``) of mapped vs target (M, D), ``transport_cost`` of source ->
+    mapped (both (N, D), paired) and, given the known optimal ``ot_map``, ``l2_uvp``."""
     scores = {
         "fd": frechet_distance(mapped, target),
         "transport_cost": transport_cost(source, mapped),
