@@ -14,15 +14,18 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
+
+from pydantic import ValidationError
 
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, DataError, UserInputError
 from dmf_ray.platform.registry import dataset_label, default_model_name
-from dmf_ray.platform.search_space import MIN_CPUS_PER_WORKER, SearchSpec, load_search_space
+from dmf_ray.platform.search_space import SearchSpec, load_search_space
 from dmf_ray.platform.tracking import check_tracking_server, tracking_uri_for
+from dmf_ray.schema import config_error
 
 if TYPE_CHECKING:  # Ray is slow to import: the sweep module loads only once the input is valid
     from dmf_ray.platform.sweep import SweepOutcome, SweepPlan
@@ -30,6 +33,7 @@ if TYPE_CHECKING:  # Ray is slow to import: the sweep module loads only once the
 DEFAULT_STORAGE = "runs/sweeps"
 DEFAULT_EXPERIMENT = "dmf-sweeps"
 TOP_SHOWN = 5
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,34 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(name, f"must be > 0, got {value}")
+def _with_flags(section: T, **flags: Any) -> T:
+    """``section`` with the given flags set, re-validated by pydantic; errors name the flag."""
+    try:
+        return replace(section, **{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        err = config_error(exc, type(section))
+        raise ConfigError(err.field.replace("_", "-"), err.problem) from None
 
 
 def spec_with_flags(spec: SearchSpec, args: argparse.Namespace) -> SearchSpec:
     """Apply the resource / sampling flags to the loaded space."""
-    for name in ("num_samples", "workers", "max_concurrent"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    if args.cpus_per_worker is not None and args.cpus_per_worker < MIN_CPUS_PER_WORKER:
-        raise ConfigError("cpus-per-worker", f"must be >= {MIN_CPUS_PER_WORKER}, got {args.cpus_per_worker}")
-    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
-        raise ConfigError("gpus-per-worker", f"must be >= 0, got {args.gpus_per_worker}")
-    if args.seed is not None and args.seed < 0:
-        raise ConfigError("seed", f"must be >= 0, got {args.seed}")
-    res = replace(
-        spec.resources,
-        **{k: v for k, v in (("workers", args.workers), ("cpus_per_worker", args.cpus_per_worker),
-                             ("gpus_per_worker", args.gpus_per_worker)) if v is not None},
-    )
-    sampler = spec.sampler if args.seed is None else replace(spec.sampler, seed=args.seed)
-    return replace(
-        spec,
-        resources=res,
-        sampler=sampler,
-        num_samples=args.num_samples or spec.num_samples,
-        max_concurrent=args.max_concurrent or spec.max_concurrent,
-    )
+    resources = _with_flags(spec.resources, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                            gpus_per_worker=args.gpus_per_worker)
+    return _with_flags(spec, resources=resources, sampler=_with_flags(spec.sampler, seed=args.seed),
+                       num_samples=args.num_samples, max_concurrent=args.max_concurrent)
 
 
 def base_overrides(spec: SearchSpec, args: argparse.Namespace) -> dict[str, Any]:

@@ -48,7 +48,6 @@ PARENT_TAG = "mlflow.parentRunId"
 END_REASON_TAG = "dmf_ray.end_reason"
 NONFINITE_PREFIX = "dmf_ray.nonfinite."
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 # MLflow limits (mlflow.utils.validation): param values 6000 chars, tag values 8000, keys 250.
 MAX_PARAM_VALUE = 6000
@@ -203,12 +202,6 @@ def _check_id(field: str, value: str) -> str:
     if any(c in value for c in "'\"\\`\n\r"):
         raise ConfigError(field, f"must not contain quotes, backslashes or newlines, got {value!r}")
     return value
-
-
-def _check_status(status: str) -> str:
-    if status not in TERMINAL_STATUSES:
-        raise ConfigError("status", f"must be one of {list(TERMINAL_STATUSES)}, got {status!r}")
-    return status
 
 
 # --------------------------------------------------------------------------- tracker
@@ -415,12 +408,10 @@ class SweepTracker:
         reason: str | None = None,
     ) -> None:
         """Final metrics as ``final_<key>``, ``reason`` as tag ``dmf_ray.end_reason``, terminal status."""
-        _check_status(status)
         self._finish(run_id, status, final_metrics, reason, prefix="final_")
 
     def finish_sweep(self, status: RunStatus, summary_metrics: Mapping[str, Any] | None = None, reason: str | None = None) -> None:
         """Close the parent run with ``status``; ``summary_metrics`` logged as given (e.g. best_fd)."""
-        _check_status(status)
         self._finish(self._require_sweep(), status, summary_metrics, reason, prefix="")
 
     def _finish(self, run_id: str, status: str, metrics: Mapping[str, Any] | None, reason: str | None, prefix: str) -> None:
