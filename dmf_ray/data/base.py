@@ -1,9 +1,7 @@
 """The one interface every dataset offers and its typed config (the registry is in __init__).
 
-Why one interface: the trainer, the metrics and the sweeps only ever need "a pool of source
-samples, a pool of target samples, held-out pools of both, and the true map where it is known".
-Each dataset module (`toy`, `gaussian_ot`, `ffhq_alae`) turns a `DataConfig` into a
-`TranslationData`; nothing downstream knows which one it got.
+The trainer, the metrics and the sweeps only need source and target pools, held-out pools of
+both, and the true map where it is known; nothing downstream knows which dataset it got.
 """
 
 from __future__ import annotations
@@ -34,10 +32,8 @@ TEST_STREAM = 1
 def stream_generator(seed: int, stream: int) -> torch.Generator:
     """A CPU generator for one named stream of `seed`.
 
-    Why not `seed + offset`: the train and test pools (and a random problem's parameters) must be
-    independent, yet all follow from the one user seed. `SeedSequence` hashes the pair
-    (seed, stream), so stream 1 of seed 0 never equals stream 0 of some other seed, as an offset
-    would make it.
+    Not `seed + offset`: `SeedSequence` hashes the pair (seed, stream), so stream 1 of seed 0
+    never equals stream 0 of another seed, and train, test and problem draws stay independent.
     """
     state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
@@ -46,13 +42,10 @@ def stream_generator(seed: int, stream: int) -> torch.Generator:
 def _draw(pool: Tensor, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """`n` rows of `pool` (N, dim), uniformly with replacement: (CPU indices int64 (n,), rows (n, dim)).
 
-    The indices are always drawn by the CPU `generator`, so a run samples the same batches on
-    every device and its RNG state checkpoints as plain bytes; for a pool on an accelerator
-    they travel through pinned memory without blocking, and the rows are gathered on the
-    device -- no host-device synchronisation per batch.
+    The indices are drawn by the CPU `generator`, so a run samples the same batches on every
+    device and its RNG state checkpoints as plain bytes; for a pool on an accelerator they
+    travel through pinned memory without blocking -- no host-device sync per batch.
     """
-    if n < 1:
-        raise ValueError(f"batch size must be >= 1, got {n}")
     indices = torch.randint(pool.shape[0], (n,), generator=generator)
     if pool.device.type == "cpu":
         return indices, pool[indices]
@@ -75,7 +68,6 @@ class TranslationData:
     test_source: Tensor
     test_target: Tensor
     ot_map: Callable[[Tensor], Tensor] | None = None
-    description: str = ""
 
     def __post_init__(self) -> None:
         # The builders construct this, so a violation is a programming error, not user input.
@@ -89,12 +81,8 @@ class TranslationData:
                 raise ValueError(f"{field}: pool is empty")
 
     def source_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(indices int64 (n,), samples (n, dim)) drawn with replacement from `train_source`.
-
-        The indices identify the source samples, so a second-order friction update can keep one
-        velocity per sample. Deterministic given the (CPU) generator's state, whatever device
-        the pools live on.
-        """
+        """(indices int64 (n,), samples (n, dim)) drawn with replacement from `train_source`; the
+        indices let a second-order friction update keep one velocity per sample."""
         return _draw(self.train_source, n, generator)
 
     def target_batch(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -102,11 +90,8 @@ class TranslationData:
         return _draw(self.train_target, n, generator)
 
     def with_train_pools_on(self, device: torch.device | str) -> TranslationData:
-        """This task with its training pools resident on ``device`` (held-out pools stay on the host).
-
-        Why: a training step then gathers its batch on the device instead of copying it from
-        the host every step; evaluation already streams the held-out pools in large batches.
-        """
+        """This task with its training pools on ``device``, so a step gathers its batch there
+        instead of copying it every step (held-out pools stay on the host)."""
         device = torch.device(device)
         if self.train_source.device == device and self.train_target.device == device:
             return self

@@ -64,17 +64,14 @@ def select_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(source_rows, target_rows): sorted int64 row numbers of one split for one direction.
 
-    Works on the label arrays alone -- age (N,) or (N, 1), gender (N,) -- so the protocol can be
-    checked against the real labels without the latents. `n_rows` (default N) is the folder's
-    row count, which fixes the train/test boundary; the labels must have exactly that many rows.
+    On the label arrays alone -- age (N,) or (N, 1), gender (N,) -- so the protocol can be
+    checked against the real labels without the latents; `n_rows` (default N) fixes the split.
     """
     age = np.asarray(age, dtype=np.float64).reshape(-1)
     gender = np.asarray(gender)
     n_rows = age.shape[0] if n_rows is None else n_rows
     if age.shape[0] != n_rows or gender.shape != (n_rows,):
         raise ValueError(f"labels must have {n_rows} rows: age {age.shape}, gender {gender.shape}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     row = np.arange(n_rows)
     in_split = row < train_rows(n_rows) if split == "train" else row >= train_rows(n_rows)
 
@@ -155,5 +152,4 @@ def build_ffhq_alae(cfg: DataConfig) -> TranslationData:
         name="ffhq-alae",
         dim=latents.shape[1],
         **pools,
-        description=f"FFHQ ALAE latents, {cfg.direction}: {groups[0]} -> {groups[1]} ({folder})",
     )

@@ -50,10 +50,7 @@ class AffineMap:
 
 
 def _symmetric_power(matrix: Tensor, power: float) -> Tensor:
-    """matrix^power for a symmetric positive definite float64 matrix, via its eigendecomposition.
-
-    eigh (not a generic sqrtm) keeps the result exactly symmetric and real.
-    """
+    """matrix^power of an SPD float64 matrix by eigh, which (unlike sqrtm) keeps it symmetric and real."""
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
     result = (eigenvectors * eigenvalues.pow(power)) @ eigenvectors.T
     return (result + result.T) / 2
@@ -104,5 +101,4 @@ def build_gaussian_ot(cfg: DataConfig) -> TranslationData:
         test_source=source.sample(cfg.n_test, test),
         test_target=target.sample(cfg.n_test, test),
         ot_map=ot_map(source, target),
-        description=f"N(m_s, S_s) -> N(m_t, S_t) in d={cfg.dim}, closed-form OT map (seed {cfg.seed})",
     )

@@ -40,5 +40,4 @@ def build_toy(cfg: DataConfig) -> TranslationData:
         train_target=sample_target(cfg.n_train, train),
         test_source=sample_source(cfg.n_test, test),
         test_target=sample_target(cfg.n_test, test),
-        description="N(0, I_2) -> 0.5 N((0,0), I) + 0.5 N((3,2), I) (DMF paper, Table 1)",
     )
