@@ -299,17 +299,14 @@ def image_features(
 # ----------------------------------------------------------------------------------------------
 
 
-def load_decoder(spec: str, field: str = "eval.decoder") -> Decoder:
+def load_decoder(spec: str) -> Decoder:
     """Import ``"package.module:function"`` (or ``module:Object.method``) and return the callable.
 
     The callable maps latents (N, D) float32 -> images (module docstring), under no_grad. A
-    string because the ALAE decoder lives outside this package; failures name ``field``.
+    string because the ALAE decoder lives outside this package; EvalConfig has checked its form.
     """
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ConfigError(field, f"expected 'module:function', got {spec!r}")
+    field = "eval.decoder"
     module_name, attr_path = (part.strip() for part in spec.split(":"))
-    if not module_name or not attr_path:
-        raise ConfigError(field, f"expected 'module:function', got {spec!r}")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 -- ImportError or an error raised while importing it
