@@ -1,28 +1,18 @@
 """Logged generators and the ``champion`` alias in the MLflow model registry.
 
-* :func:`log_generator` logs a generator's safetensors weights as an MLflow pyfunc *from code*
-  (:mod:`dmf_ray.serving.pyfunc_model`) to a run and returns ``models:/<model_id>``. Everything goes
-  through an explicit :class:`mlflow.MlflowClient`; no global tracking URI or active run is used,
-  so it works inside a process that tracks to several stores.
-* :func:`register_if_champion` registers that model as a new version of a registered model and
-  moves the alias ``champion`` (MLflow 3 replaces stages with aliases:
-  ``models:/NAME@champion``) under this rule:
+* :func:`log_generator` logs a generator's safetensors weights to a run as an MLflow pyfunc *from
+  code* (:mod:`dmf_ray.serving.pyfunc_model`; the loading environment must have ``dmf_ray``
+  installed) with explicit ``pip_requirements`` (which also skips MLflow's slow inference).
+* :func:`register_if_champion` registers it as a new version, tagged ``metric``, ``metric_value``,
+  ``mode``, ``dataset``, ``sweep_id``, and moves the alias ``champion`` (MLflow 3's replacement
+  for stages) to it when no version holds it yet, or when the champion was registered for the
+  same dataset and metric and the new value is strictly better under ``mode`` (a tie keeps the
+  incumbent). A champion of another dataset or metric is not comparable and keeps the alias
+  (one registered model per task, :func:`default_model_name`, avoids that); a non-finite value
+  never becomes champion.
 
-  - no version holds ``champion`` yet -> the new version becomes champion;
-  - the champion was registered for the **same dataset and the same metric** (its version tags
-    ``dataset`` and ``metric``) -> the new version becomes champion only if its value is strictly
-    better under ``mode`` (``min``: lower, ``max``: higher); a tie keeps the incumbent;
-  - the champion is for a **different dataset or metric** (or lacks those tags) -> values are not
-    comparable, the alias stays where it is. Use one registered model per dataset/task (see
-    :func:`default_model_name`) so this case does not arise in normal use;
-  - a non-finite value (NaN/inf) never becomes champion.
-
-  Every new version is tagged ``metric``, ``metric_value``, ``mode``, ``dataset``, ``sweep_id``.
-
-Dependencies of the logged model: ``pip_requirements`` lists torch, safetensors, numpy, pandas
-(pinned to the installed major.minor) -- passing them explicitly also skips MLflow's slow
-requirement inference. The loading environment must have ``dmf_ray`` installed (see
-:mod:`dmf_ray.serving.pyfunc_model`); it is not shipped via ``code_paths``.
+Everything goes through an explicit :class:`mlflow.MlflowClient`, never the global tracking URI
+or active run, so a process can track to several stores.
 """
 
 from __future__ import annotations
@@ -97,12 +87,8 @@ def generator_signature(input_dim: int, dim: int) -> ModelSignature:
 def log_generator(
     client_or_uri: mlflow.MlflowClient | str, run_id: str, weights_path: str | Path, dim: int
 ) -> str:
-    """Log ``weights_path`` (a :func:`~dmf_ray.core.models.save_generator` file) to run ``run_id``.
-
-    The model is a pyfunc from code named ``generator``, a LoggedModel in the run's experiment,
-    recorded as an output of the run. ``dim`` must equal the generator's output dimension (a
-    cheap guard against logging the wrong file). Returns ``models:/<model_id>``.
-    """
+    """Log a :func:`~dmf_ray.core.models.save_generator` file to run ``run_id`` as the LoggedModel
+    ``generator``, an output of the run; ``dim`` guards against the wrong file. Returns ``models:/<id>``."""
     client = _client(client_or_uri)
     weights_path = Path(weights_path)
     _, cfg = load_generator(weights_path)  # DataError naming the file if it is not a generator

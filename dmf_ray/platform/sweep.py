@@ -6,12 +6,10 @@ champion, return a :class:`SweepOutcome`. The CLI (:mod:`dmf_ray.tune`) only bui
 prints the outcome.
 
 Why this shape (Ray Train V2's Tune integration, docs.ray.io/en/latest/train/api/tune-integration.html):
-a Tune trial is a plain function that builds and fits a ``TorchTrainer`` over
+a Tune trial is a plain function that fits a ``TorchTrainer`` over
 :func:`dmf_ray.platform.distributed.worker_loop`; a ``TuneReportCallback`` forwards rank 0's reports
-(metrics plus the checkpoint path) so ASHA and Optuna see every evaluation. MLflow is written only
-on the driver by :class:`MLflowSweepCallback` -- one parent run per sweep, one nested run per
-trial, get-or-create by id so a resumed sweep adds no duplicates -- because Train workers opening
-the same sqlite store race. Trial folders are named by their trial id (``trial_dirname``).
+so ASHA and Optuna see every evaluation. MLflow is written only on the driver, by
+:class:`MLflowSweepCallback` (why: :mod:`dmf_ray.platform.tracking`).
 
 One value's way from the YAML file to the training step, ``friction.schedule``:
 
@@ -27,9 +25,6 @@ One value's way from the YAML file to the training step, ``friction.schedule``:
    (through :func:`dmf_ray.trainer.run.run_training`, which wires the scorer and passes it on);
 4. :mod:`dmf_ray.trainer.engine` (``train_step``) asks ``gamma(cfg.friction, step, cfg.steps)``;
 5. :mod:`dmf_ray.core.friction` (``gamma``) evaluates the schedule.
-
-At the end the best finished trial's generator is logged as an MLflow model and registered; the
-``champion`` alias moves only if it beats the current champion on the same dataset and metric.
 """
 
 from __future__ import annotations
@@ -92,7 +87,7 @@ class SweepPlan:
 
     @property
     def dataset(self) -> str:
-        """The trials' champion pool, e.g. ``ffhq-alae/adult2child`` (see :func:`dataset_label`)."""
+        """The trials' champion pool (see :func:`dataset_label`)."""
         return dataset_label(self.base_config.data)
 
     def overrides(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,9 +170,8 @@ def _write_json(uri: str, data: dict[str, Any]) -> None:
 class MLflowSweepCallback(tune.Callback):
     """Mirrors the sweep into MLflow from the driver process.
 
-    Holds only the plan when pickled with the experiment state (the MLflow client and the caches
-    are rebuilt on demand), so ``Tuner.restore`` works. ``tracker`` reuses an open one (the
-    driver's clean-up after a sweep) instead of opening another.
+    Pickled with the experiment state as the plan alone (client and caches are rebuilt on
+    demand), so ``Tuner.restore`` works; ``tracker`` reuses an open one instead of opening another.
     """
 
     def __init__(self, plan: SweepPlan, tracker: SweepTracker | None = None) -> None:
@@ -332,12 +326,10 @@ def require_reachable_storage(plan: SweepPlan) -> None:
 
 
 def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
-    """One row per trial, best first (failed and unscored ones last).
-
-    Columns: the trial's last result as Tune recorded it (``trial_id``, ``step``, the metrics,
-    ``checkpoint_path``, ``worker_nodes``, ...), then ``status`` (OK | DIVERGED | ERROR),
-    ``params`` (its searched keys, as training takes them) and ``config`` (its Tune config).
-    A trial whose results Tune lost in a driver crash is read from its own final-result file.
+    """One row per trial, best first (failed and unscored ones last): its last result, then
+    ``status`` (OK | DIVERGED | ERROR), ``params`` (searched keys as training takes them) and
+    ``config`` (its Tune config). Results Tune lost in a driver crash come from the trial's own
+    final-result file.
     """
     results = {Path(r.path).name: r for r in grid}  # trial_dirname: each folder is named by its trial id
     last = grid.get_dataframe()
@@ -377,11 +369,8 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def write_summary(table: pd.DataFrame, best: pd.Series | None, out_dir: Path) -> tuple[Path, Path, Path | None]:
-    """top_trials.csv and top_trials.md (the ranked ``table``) in ``out_dir``, and
-    best_params.yaml: the searched keys of the ``best`` finished trial, in the dotted form that
-    ``python -m dmf_ray.experiments.compare --searched`` and ``train --config`` overrides take.
-
-    Returns the three paths; the last is None when no trial finished."""
+    """top_trials.csv, top_trials.md and (None if no trial finished) best_params.yaml: the best
+    trial's searched keys, as ``experiments.compare --searched`` and ``train --config`` take them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "top_trials.csv", out_dir / "top_trials.md"
     table.to_csv(csv_path, index=False)
@@ -394,11 +383,8 @@ def write_summary(table: pd.DataFrame, best: pd.Series | None, out_dir: Path) ->
 
 
 def close_open_runs(plan: SweepPlan, trials: pd.DataFrame, tracker: SweepTracker) -> int:
-    """Close MLflow runs of trials Tune reports done but whose run is still open.
-
-    A driver killed between Tune saving a trial as finished and the callback ending its run
-    leaves the run RUNNING; a resumed sweep does not revisit that trial, so close it here.
-    """
+    """Close the runs a driver killed between Tune saving a trial and the callback ending its run
+    left RUNNING (a resumed sweep does not revisit those trials)."""
     callback = MLflowSweepCallback(plan, tracker)
     runs = tracker.trial_runs()  # read statuses without reopening anything
     closed = 0
@@ -460,17 +446,13 @@ class SweepOutcome:
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The first ranked trial that ended without error or divergence, or None."""
     finished = trials[trials["status"] == "OK"]
     return None if finished.empty else finished.iloc[0]
 
 
 def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
-    """Run the sweep of ``plan`` (or resume its interrupted run) and record it everywhere.
-
-    Starts Ray (joins ``plan.address`` or starts a local one) and stops it before the results are
-    read; the summary goes to the sweep folder (``runs/<name>`` for remote storage).
-    """
+    """Run (or resume) the sweep of ``plan`` on a local Ray or ``plan.address``; summary files go
+    to the sweep folder (``runs/<name>`` for remote storage)."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     env_vars = {**RAY_ENV, **{k: v for k, v in os.environ.items() if k == FAULT_GATE_ENV}}
