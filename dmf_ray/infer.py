@@ -3,12 +3,9 @@
     python -m dmf_ray.infer --model models:/dmf-ffhq-adult2child@champion \\
         --input adults.npy --output children.npy [--tracking-uri sqlite:///runs/mlflow.db]
 
-``--model`` is anything :func:`dmf_ray.serving.inference.load_model` accepts (``models:/NAME@alias``,
-``models:/NAME/VERSION``, ``runs:/...``, a logged model folder, a run folder or a
-``generator.safetensors`` file). The input must be a 2-D float array (float16/32/64) stored
-without pickle, as wide as the model's input, with finite values; the output is float32.
-Bad input exits 2 with one line on stderr naming the file or field and writes nothing; the
-output appears (atomically, :mod:`dmf_ray.files`) only after a successful translation.
+``--model`` is anything :func:`dmf_ray.serving.inference.load_model` accepts. The input must be a
+finite 2-D float array stored without pickle, as wide as the model's input; the output is float32,
+written atomically (:mod:`dmf_ray.files`) only after a successful translation (README.md, "Inference").
 """
 
 from __future__ import annotations

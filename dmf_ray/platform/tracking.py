@@ -14,9 +14,8 @@ Layout in the experiment::
                 params: the trial's config (flattened), metrics per evaluation step,
                 final_<metric>, config.yaml, plots/*.png, dmf_ray.end_reason
 
-Resuming a sweep (``Tuner.restore``) re-opens the same sweep run and the same trial runs; it never
-creates duplicates. MLflow 3 refuses the plain file store, so local tracking uses sqlite
-(``sqlite:///<dir>/mlflow.db``) with artifacts in ``<dir>/mlartifacts/<experiment>``.
+Resuming a sweep (``Tuner.restore``) re-opens the same runs, never duplicates. MLflow 3 refuses
+the plain file store, so local tracking is sqlite with artifacts in ``<dir>/mlartifacts/<experiment>``.
 """
 
 from __future__ import annotations
@@ -119,12 +118,8 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with one line, if ``uri`` cannot be used.
-
-    http(s): one request to ``<uri>/health`` within ``timeout_s`` (any HTTP answer counts as
-    reachable); connection refused / timeout / DNS failure -> UserInputError. sqlite: the
-    database's folder is created if needed and must be writable.
-    """
+    """Fail fast, with one line, if ``uri`` cannot be used: a server must answer ``/health``
+    within ``timeout_s`` (any HTTP answer counts); a sqlite database's folder must be writable."""
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     if scheme in _SERVER_SCHEMES:
         url = uri.rstrip("/") + "/health"
@@ -174,8 +169,6 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 def _param_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_param_text(v) for v in value) + "]"
-    if isinstance(value, Path):
-        return str(value)
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
         value = value.item()  # numpy / torch scalar
     return str(value)
@@ -304,10 +297,8 @@ class SweepTracker:
     def trial_run(self, trial_id: str, params: Mapping[str, Any]) -> str:
         """Get or create the nested run of ``trial_id``; returns its id.
 
-        An existing run of the trial is reused, never duplicated: a FINISHED or KILLED one (done,
-        or stopped by the scheduler -- Tune does not run those again) is returned untouched; a
-        RUNNING one (the driver crashed) or a FAILED one (retried with ``resume_errored``) is set
-        to RUNNING, because the resumed trial continues it. Params not yet on the run are added.
+        A FINISHED or KILLED run (Tune does not run those trials again) is returned untouched; a
+        RUNNING one (the driver crashed) or a FAILED one (retried) is reopened for the resumed trial.
         """
         _check_id("trial_id", trial_id)
         with self._lock:

@@ -9,13 +9,10 @@
   a folder with ``generator.safetensors`` (a ``python -m dmf_ray.train`` output folder);
 * a bare ``*.safetensors`` generator file.
 
-In every case the weights are read with :func:`dmf_ray.core.models.load_generator` from the
-safetensors file (no pickle, no MLflow model code executed), which gives the same numbers as
-``mlflow.pyfunc.load_model(uri).predict(x)``. Unknown models, aliases and versions raise
-:class:`~dmf_ray.errors.UserInputError` with one line naming the URI.
-
-The array helpers :func:`as_float32_batch` and :func:`run_generator` are shared with the pyfunc
-(:mod:`dmf_ray.serving.pyfunc_model`). MLflow is imported lazily, only when a URI must be resolved.
+In every case the weights are read from the safetensors file with
+:func:`dmf_ray.core.models.load_generator` (no pickle, no MLflow model code executed): the same
+numbers as ``mlflow.pyfunc.load_model(uri).predict(x)``, whose pyfunc shares the array helpers
+below. Unknown models, aliases and versions raise a one-line UserInputError naming the URI.
 """
 
 from __future__ import annotations
@@ -59,10 +56,7 @@ def as_float32_batch(model_input: Any, width: int) -> np.ndarray:
 
 
 def check_float_matrix(array: np.ndarray) -> np.ndarray:
-    """A 2-D, floating, finite array as float32; ValueError (one line) otherwise.
-
-    Shared by the pyfunc's ``predict`` and the inference CLI's input check.
-    """
+    """A 2-D, floating, finite array as float32; ValueError (one line) otherwise."""
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D (N, dim) array, got shape {array.shape}")
     if array.dtype.kind != "f":
