@@ -41,9 +41,7 @@ def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig) -> Pa
     for idx, entry in optim["state"].items():
         for key, value in entry.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng"] = state.rng.get_state()
-    if state.velocity is not None:
-        tensors["velocity"] = state.velocity.state_dict()["velocity"].cpu().contiguous()
+    tensors.update(_rank_tensors(state))
     meta = {
         "version": FORMAT_VERSION,
         "step": state.step,
@@ -111,17 +109,19 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_rank_state(path: str | Path, state: TrainState) -> Path:
-    """What differs between data-parallel ranks: the sampling RNG and the velocity buffer.
-
-    The main checkpoint holds rank 0's copy; every other rank saves its own beside it so a
-    resumed multi-worker run continues each rank's batch stream exactly.
-    """
+def _rank_tensors(state: TrainState) -> dict[str, torch.Tensor]:
+    """What differs between data-parallel ranks: the sampling RNG and the velocity buffer."""
     tensors = {"rng": state.rng.get_state()}
     if state.velocity is not None:
         tensors["velocity"] = state.velocity.state_dict()["velocity"].cpu().contiguous()
+    return tensors
+
+
+def save_rank_state(path: str | Path, state: TrainState) -> Path:
+    """A rank's own RNG and velocities, beside the main checkpoint (which holds rank 0's), so a
+    resumed multi-worker run continues each rank's batch stream exactly."""
     meta = {_META_KEY: json.dumps({"version": FORMAT_VERSION, "rank_state": True})}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return atomic_write(path, lambda tmp: save_file(_rank_tensors(state), str(tmp), metadata=meta))
 
 
 def restore_rank_state(state: TrainState, path: str | Path) -> None:

@@ -1,12 +1,8 @@
 """The training configuration: one typed object built from YAML and/or flags, validated once.
 
-Why here: every entry point (the trainer CLI, Tune trials, experiments, checkpoints) describes a
-run by the same nested mapping -- ``data``, ``model``, ``drift``, ``friction``, ``optim``,
-``eval``, ``ofm`` sections plus loop settings -- and must reject a typo or a wrong type with one
-line naming the key. Each section is declared (with its domain) beside the code that uses it;
-this module adds the loop settings and the rules that span sections, and
-:func:`train_config_from_dict` is the edge that turns plain data into a :class:`TrainConfig`
-(see :mod:`dmf_ray.schema` for the strictness rules and the error messages).
+Each section is declared (with its domain) beside the code that uses it; this module adds the
+loop settings and the rules that span sections, and :func:`train_config_from_dict` is the edge
+that turns plain data into a :class:`TrainConfig` (strictness and messages: :mod:`dmf_ray.schema`).
 """
 
 from __future__ import annotations
@@ -53,13 +49,10 @@ class OptimConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class EvalConfig:
-    """Image-space scores at every evaluation (DMF Table 2): CMMD and/or FID of decoded latents.
+    """Image-space scores at every evaluation (DMF Table 2; :mod:`dmf_ray.eval.image_metrics`).
 
-    Why optional: they need a latent -> image decoder (``decoder = "module:function"``, e.g. the
-    ALAE generator) and local CLIP / Inception weights, none of which ship with the package.
-    Without a decoder, runs report the latent-space scores (FD, KID, transport cost) only.
-    The first ``samples`` held-out target latents are decoded and embedded once per run; the
-    same number of mapped latents at each evaluation.
+    Optional: they need a latent -> image decoder and local weights, none of which ship with the
+    package. ``samples`` target latents are embedded once per run, as many mapped ones per evaluation.
     """
 
     decoder: Str | None = None
@@ -87,12 +80,8 @@ class EvalConfig:
 
 @dataclass(frozen=True, config=SECTION)
 class TrainConfig:
-    """Everything that defines a training run. ``model.dim`` is derived from the data.
-
-    ``batch_size`` generated samples and ``pos_batch_size`` positives (default: the same) per
-    step; evaluation every ``eval_every`` steps on up to ``eval_samples`` held-out pairs, each
-    evaluation also writes a checkpoint. The ``drift`` section may name a ``preset`` (a key of
-    :data:`dmf_ray.core.drift.PRESETS`) that its other keys override.
+    """Everything that defines a training run (README.md, "Configuration"). ``model.dim`` is
+    derived from the data; the ``drift`` section may name a ``preset`` its other keys override.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -164,10 +153,8 @@ class TrainConfig:
         return self.pos_batch_size or self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (lists for tuples): the YAML written beside every run.
-
-        Derived keys (``model.dim``) are left out so the dict loads back as a config.
-        """
+        """Plain nested dict, the YAML written beside every run; without the derived ``model.dim``,
+        so it loads back as a config."""
         out = plain(asdict(self))
         del out["model"]["dim"]
         return out
@@ -219,13 +206,3 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         node = child
     node[leaf] = value
 
-
-__all__ = [
-    "EvalConfig",
-    "OptimConfig",
-    "TrainConfig",
-    "load_train_config",
-    "read_yaml_mapping",
-    "set_dotted",
-    "train_config_from_dict",
-]

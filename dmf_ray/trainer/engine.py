@@ -1,21 +1,17 @@
 """One DMF training step and the loop around it: no Ray, no MLflow, no file I/O.
 
-Why this shape: the same step runs in the single-process trainer and inside Ray Train workers.
-The step takes an optional ``gather`` hook -- the distributed wrapper all-gathers generated
-samples and positives so every worker sees the whole global batch as targets and computes its
-own rows' drift exactly -- and the loop reports through an ``on_eval`` callback, so checkpoints, plots and
-tracking live with the caller.
+The same step runs in the single-process trainer and in Ray Train workers: an optional
+``gather`` hook all-gathers generated samples and positives (each worker computes its own rows'
+drift of the global batch exactly), and the loop reports through ``on_eval``, so checkpoints,
+plots and tracking live with the caller.
 
 Per step (DMF eq. 12 / appendix B):
     x = f_theta(source);  V = drift(sg(x), positives);  d = friction(V, gamma(i));
     loss = mean(((x - sg(x + d)) / s)^2)
 where s is the drift's coordinate scale (1 unless distance normalisation is on, as released).
-V comes from ``drift.family`` (:mod:`dmf_ray.core.families`); the ``sharp`` family instead trains its
-conservative potential directly, scaled by 1 - gamma(i). ``method: ofm`` swaps the whole step
-for :func:`ofm_step` (the objective of :mod:`dmf_ray.core.ofm`); the loop, evaluation and callbacks
-are shared.
-The loss value is kept on the device; the host reads it only at evaluation steps, and the
-training pools live on the device, so a step issues no host-device synchronisation.
+V comes from ``drift.family``; the ``sharp`` family trains its potential directly, scaled by
+1 - gamma(i); ``method: ofm`` swaps the step for :func:`ofm_step`. The loss stays on the device
+(read only at evaluations) and so do the training pools: a step issues no host-device sync.
 """
 
 from __future__ import annotations
@@ -166,14 +162,8 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
 
 
 def ofm_step(state: TrainState, cfg: TrainConfig, data: TranslationData, ofm_cfg: ofm.OFMConfig) -> StepStats:
-    """One OFM optimiser step on a fresh batch (:mod:`dmf_ray.core.ofm`); advances ``state`` like :func:`train_step`.
-
-    ``state`` comes from :func:`build_state` with ``cfg.model.kind == "icnn"``. The batch is
-    ``cfg.batch_size`` source and as many target samples (``pos_batch_size`` does not apply: the
-    pairing needs equal counts), drawn from ``state.rng``. Returns StepStats with the OFM loss
-    value, the velocity residual u(x_t) - (x1 - x0) as ``drift`` (so drift_rms is its RMS), and
-    gamma 0.0 (no friction).
-    """
+    """One OFM optimiser step (:mod:`dmf_ray.core.ofm`) on ``cfg.batch_size`` pairs (the pairing
+    needs equal counts: ``pos_batch_size`` does not apply); ``drift`` is the velocity residual."""
     device = torch.device(cfg.device)
     x0, x1, t = (v.to(device, non_blocking=True) for v in ofm.sample_batch(data, cfg.batch_size, ofm_cfg, state.rng))
     x_t = (1.0 - t)[:, None] * x0 + t[:, None] * x1
@@ -210,11 +200,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def evaluate(model: nn.Module, data: TranslationData, cfg: TrainConfig, image_scorer: ImageScorer | None = None) -> dict[str, float]:
-    """Held-out scores: FD (and KID) to the target, transport cost, L2-UVP where the OT map is known,
-    and image CMMD / FID when the run has an image scorer (``eval.decoder``).
-
-    Raises TrainingDiverged if the generator's outputs are not finite.
-    """
+    """Held-out scores (:func:`dmf_ray.eval.metrics.evaluate_translation`, plus the image scorer's);
+    TrainingDiverged if the generator's outputs are not finite."""
     n = min(cfg.eval_samples, data.test_source.shape[0])
     source = data.test_source[:n]
     mapped = translate(unwrap_model(model), source, cfg.device)
@@ -244,13 +231,10 @@ def train(
     """Run (or continue) training to ``cfg.steps``; evaluate every ``cfg.eval_every`` steps.
 
     Each evaluation appends ``{step, loss, drift_rms, gamma, lr, train_seconds, <metrics>}`` to
-    ``state.history`` (``train_seconds``: wall time spent in steps, evaluations excluded) and calls
-    ``on_eval(state, record)``; with ``score=False`` (data-parallel ranks other than 0) the
-    held-out metrics are skipped but the callback still runs, so every rank reports in step.
-    A non-finite loss or sample ends training with TrainingDiverged. ``image_scorer`` adds image
-    scores to every evaluation; ``progress`` is told about every step (both are built by the
-    caller, :func:`dmf_ray.trainer.run.run_training`, so this loop imports no CLIP, Inception or
-    progress-bar library).
+    ``state.history`` and calls ``on_eval(state, record)``; ``score=False`` (ranks other than 0)
+    skips the metrics but not the callback, so every rank reports in step. A non-finite loss or
+    sample raises TrainingDiverged. ``image_scorer`` and ``progress`` come from the caller
+    (:func:`dmf_ray.trainer.run.run_training`), so this loop imports no CLIP, Inception or tqdm.
     """
     # exp(-d / tau) underflows for distant pairs; denormal arithmetic is many times slower on
     # x86 and changes nothing at float32 resolution of the sums, so flush it to zero.

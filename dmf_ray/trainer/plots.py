@@ -1,9 +1,8 @@
 """PNG figures people would rather look at than read: samples vs target, metric curves.
 
-Why a module of its own: the trainer, the reproductions and the sweep tracker all draw the same
-pictures. Everything renders with matplotlib's Agg backend (no display) and returns the path.
-Latents wider than two dimensions are shown in the plane of the target's first two principal
-components, so a 512-d translation gets the same picture as the 2-D toy.
+The trainer, the reproductions and the sweep tracker draw the same pictures (Agg backend, no
+display; each returns its path). Latents wider than 2-D are shown in the plane of the target's
+first two principal components, so a 512-d translation gets the same picture as the toy.
 """
 
 from __future__ import annotations
@@ -131,24 +130,17 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_schedule(cfg: FrictionConfig, total_steps: int, path: str | Path) -> Path:
-    """Save a PNG of gamma(i) and of the drift scale 1 - gamma(i) over the training steps."""
+    """gamma(i) and the drift scale 1 - gamma(i) over the training steps."""
     values = schedule_values(cfg, total_steps)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    try:
-        steps = np.arange(total_steps)
-        ax.plot(steps, values, label=r"$\gamma(i)$")
-        ax.plot(steps, 1.0 - values, linestyle="--", label=r"$1-\gamma(i)$")
-        ax.set_xlabel("training step i")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"friction: {cfg.describe()}, T={total_steps}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    steps = np.arange(total_steps)
+    ax.plot(steps, values, label=r"$\gamma(i)$")
+    ax.plot(steps, 1.0 - values, linestyle="--", label=r"$1-\gamma(i)$")
+    ax.set_xlabel("training step i")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"friction: {cfg.describe()}, T={total_steps}")
+    ax.legend()
+    return _save(fig, path)
 
 
 def figures_for_run(
@@ -158,12 +150,8 @@ def figures_for_run(
     samples: tuple[Any, Any] | None,
     out_dir: str | os.PathLike[str],
 ) -> dict[str, Path]:
-    """PNG figures of a trial: ``samples`` (generated vs target; PCA plane for latents),
-    ``friction`` (the schedule gamma(i)), ``metrics`` (metric curves over the evaluations).
-
-    Each figure is made only when its input is there (samples given, a friction config and
-    ``total_steps >= 2``, a non-empty history). ``friction_cfg`` may be a FrictionConfig or a mapping.
-    """
+    """A trial's ``samples``, ``friction`` and ``metrics`` figures, each made only when its input
+    is there; ``friction_cfg`` may be a FrictionConfig or a mapping."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}

@@ -1,15 +1,7 @@
 """A training run's output folder: checkpoints, metrics and plots written while it trains.
 
-Why apart from the CLI: any caller that trains into a folder (``python -m dmf_ray.train``, a
-notebook, an experiment) gets the same files from :func:`train_in_folder`; the CLI only parses,
-validates and prints. Layout of the folder::
-
-    config.yaml                      the resolved configuration
-    checkpoints/step_*.safetensors   full training state at every evaluation (resumable)
-    history.json                     metrics at every evaluation
-    generator.safetensors            final weights + generator config
-    metrics.json                     final metrics
-    plots/samples.png  plots/friction.png  plots/metrics.png
+Apart from the CLI so that any caller that trains into a folder gets the same files from
+:func:`train_in_folder` (the layout is in README.md, "Training one model").
 """
 
 from __future__ import annotations
