@@ -25,50 +25,34 @@ from dmf_ray.trainer.config import load_train_config
 from dmf_ray.trainer.engine import build_state
 from dmf_ray.trainer.run_writer import train_in_folder
 
-# flag -> dotted config key; values are parsed as YAML scalars/lists ("[0.05, 0.2]", "true").
-FLAG_KEYS: dict[str, str] = {
-    "data": "data.name",
-    "data_dir": "data.data_dir",
-    "direction": "data.direction",
-    "dim": "data.dim",
-    "preset": "drift.preset",
-    "kernel": "drift.kernel",
-    "temperatures": "drift.temperatures",
-    "normalization": "drift.normalization",
-    "schedule": "friction.schedule",
-    "order": "friction.order",
-    "optimizer": "optim.name",
-    "lr": "optim.lr",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "eval_every": "eval_every",
-    "seed": "seed",
-    "device": "device",
-    "out": "out_dir",
+# flag -> (dotted config key, help); values are parsed as YAML scalars/lists ("[0.05, 0.2]", "true").
+FLAG_KEYS: dict[str, tuple[str, str]] = {
+    "data": ("data.name", "toy | gaussian-ot | ffhq-alae"),
+    "data_dir": ("data.data_dir", "folder with latents.npy, age.npy, gender.npy (ffhq-alae)"),
+    "direction": ("data.direction", "adult2child | child2adult | man2woman | woman2man"),
+    "dim": ("data.dim", "dimension of gaussian-ot"),
+    "preset": ("drift.preset", "drift preset: reference | toy | paper"),
+    "kernel": ("drift.kernel", "laplace | gaussian"),
+    "temperatures": ("drift.temperatures", "one bandwidth or a list, e.g. '[0.02, 0.05, 0.2]'"),
+    "normalization": ("drift.normalization", "row | bidirectional | sharp"),
+    "schedule": ("friction.schedule", "friction schedule: none | linear | cosine | power | sigmoid | step | warmup_linear"),
+    "order": ("friction.order", "friction order: first | second | hybrid"),
+    "optimizer": ("optim.name", "adam | adamw | sgd"),
+    "lr": ("optim.lr", "learning rate"),
+    "steps": ("steps", "training steps"),
+    "batch_size": ("batch_size", "generated samples per step"),
+    "eval_every": ("eval_every", "steps between evaluations (and checkpoints)"),
+    "seed": ("seed", "random seed"),
+    "device": ("device", "cpu | cuda | cuda:N"),
+    "out": ("out_dir", "output folder (default runs/train)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m dmf_ray.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML file with sections data/model/drift/friction/optim and loop keys")
-    p.add_argument("--data", help="toy | gaussian-ot | ffhq-alae")
-    p.add_argument("--data-dir", help="folder with latents.npy, age.npy, gender.npy (ffhq-alae)")
-    p.add_argument("--direction", help="adult2child | child2adult | man2woman | woman2man")
-    p.add_argument("--dim", help="dimension of gaussian-ot")
-    p.add_argument("--preset", help="drift preset: reference | toy | paper")
-    p.add_argument("--kernel", help="laplace | gaussian")
-    p.add_argument("--temperatures", help="one bandwidth or a list, e.g. '[0.02, 0.05, 0.2]'")
-    p.add_argument("--normalization", help="row | bidirectional | sharp")
-    p.add_argument("--schedule", help="friction schedule: none | linear | cosine | power | sigmoid | step | warmup_linear")
-    p.add_argument("--order", help="friction order: first | second | hybrid")
-    p.add_argument("--optimizer", help="adam | adamw | sgd")
-    p.add_argument("--lr", help="learning rate")
-    p.add_argument("--steps", help="training steps")
-    p.add_argument("--batch-size", help="generated samples per step")
-    p.add_argument("--eval-every", help="steps between evaluations (and checkpoints)")
-    p.add_argument("--seed", help="random seed")
-    p.add_argument("--device", help="cpu | cuda | cuda:N")
-    p.add_argument("--out", help="output folder (default runs/train)")
+    for flag, (_, help_text) in FLAG_KEYS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", help=help_text)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. optim.grad_clip=2.0")
     p.add_argument("--resume", help="checkpoint file, or a run folder to resume from its latest checkpoint")
     p.add_argument("--force", action="store_true", help="reuse a non-empty output folder")
@@ -79,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted-key overrides from the named flags and ``--set KEY=VALUE``."""
     out: dict[str, Any] = {}
-    for flag, key in FLAG_KEYS.items():
+    for flag, (key, _) in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
             out[key] = _parse_value(value, key)
