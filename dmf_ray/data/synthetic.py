@@ -1,12 +1,9 @@
 """Write a SYNTHETIC stand-in for the FFHQ ALAE folder: ``python -m dmf_ray.data.synthetic``.
 
-Why: the real ``latents.npy`` cannot be downloaded on machines without network, yet the loader,
-the trainer and the CLIs must run end to end. This writes the same three files in the same
-format -- with made-up latents -- plus ``SYNTHETIC.txt`` saying so. Adults and children are two
-well separated Gaussian clusters (and men and women are offset along a second direction), so a
-translation between them is learnable and visibly right or wrong.
-
-Usage: python -m dmf_ray.data.synthetic --out DIR [--rows 70000] [--dim 512] [--seed 0] [--force]
+The real latents cannot be downloaded here, yet the loader, the trainer and the CLIs must run
+end to end: this writes the same three files with made-up latents, plus ``SYNTHETIC.txt`` saying
+so. Adults and children are two well separated clusters (men and women offset along a second
+direction), so a translation between them is learnable and visibly right or wrong.
 """
 
 from __future__ import annotations
@@ -84,11 +81,7 @@ def _check_args(rows: int, dim: int, seed: int) -> None:
 
 
 def write_synthetic_ffhq(out: Path, rows: int, dim: int, seed: int, force: bool = False) -> Path:
-    """Write the synthetic folder at `out` atomically and return `out`.
-
-    All files go to a sibling folder renamed into place at the end (:func:`dmf_ray.files.atomic_write`).
-    An existing non-empty `out` is refused (ConfigError) unless `force`, in which case it is replaced.
-    """
+    """Write the synthetic folder at `out` atomically; a non-empty `out` is replaced only with `force`."""
     _check_args(rows, dim, seed)
     out = Path(out)
     if out.exists() and not out.is_dir():

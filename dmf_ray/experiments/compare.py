@@ -1,13 +1,8 @@
 """One table for every method on one task: DM, DMF, the drift families and OFM, side by side.
 
-Why: the DMF paper's claims are comparisons (DMF vs DM vs OFM at a fraction of OFM's compute);
-they only mean something when every method runs through the same trainer with equal care.
-Here every method shares the task's generator, optimiser, steps, batch and evaluation; each
-method that has a bandwidth (every drift family) picks it from the same grid on a separate
-tuning seed, then runs on the evaluation seeds. OFM has no bandwidth and uses its paper's
-inner solver. The output is a markdown table (metric mean +- std over seeds, wall time, steps,
-the paper's figure where the task matches), plots, and an MLflow parent run with one nested
-run per method and seed.
+The DMF paper's claims are comparisons (DMF vs DM vs OFM at a fraction of OFM's compute), which
+only mean something when every method runs through the same trainer with equal care; the
+protocol and the outputs are described in README.md ("Reproductions").
 
     python -m dmf_ray.experiments.compare --task toy
     python -m dmf_ray.experiments.compare --task gaussian-ot --dim 64 --seeds 0 1 2

@@ -56,21 +56,14 @@ def fixed_point(tau: float) -> float:
 
 
 def derivative(a: np.ndarray | float, tau: float, gamma: float = 0.0) -> np.ndarray | float:
-    """Analytic f'(a) of :func:`surrogate_map`; with dk/da = -k/tau,
-
-    f'(a) = 1 - (1 - gamma) [(k - 2k^2) - (a/tau)(k - 4k^2)],
-
-    which gives f'(0) = 2 and f'(a*) = 1 - ln(2)/2 at gamma = 0 (remark 1).
-    """
+    """f'(a) = 1 - (1 - gamma) [(k - 2k^2) - (a/tau)(k - 4k^2)] (dk/da = -k/tau): 2 at a = 0,
+    1 - ln(2)/2 at a* for gamma = 0 (remark 1)."""
     k = _kernel(a, tau)
     return 1.0 - (1.0 - gamma) * ((k - 2.0 * k**2) - (a / tau) * (k - 4.0 * k**2))
 
 
 def margin(a: np.ndarray | float, tau: float) -> np.ndarray | float:
-    """Signed instability margin eta(a) = 2 k_d - k_t, in [-1/8, 1] (section 3.2).
-
-    As a quadratic 2k^2 - k in k_t = k in (0, 1] it is 1 at k = 1 and -1/8 at k = 1/4.
-    """
+    """Signed instability margin eta(a) = 2 k_d - k_t, in [-1/8, 1] (section 3.2)."""
     k = _kernel(a, tau)
     return 2.0 * k**2 - k
 
@@ -80,9 +73,8 @@ def iterate(
 ) -> np.ndarray:
     """Trajectory a_0, ..., a_steps (length steps + 1) of the first-order surrogate (eq. 13).
 
-    ``schedule_cfg`` None means no friction (gamma = 0, eq. 9); otherwise gamma(i) comes from
-    :func:`dmf_ray.core.friction.schedule_values` over ``steps`` steps. The surrogate is analysed
-    for the first-order update only, so other orders are rejected rather than ignored.
+    ``schedule_cfg`` None means no friction (eq. 9). The surrogate is analysed for the
+    first-order update only, so other orders are rejected rather than ignored.
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
