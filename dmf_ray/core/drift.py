@@ -77,39 +77,15 @@ class DriftConfig:
     sinkhorn_iterations: PositiveInt = 50
 
 
-# Presets are data. `reference` is the authors' released algorithm (their drift_loss.py);
-# `toy` their 2-D notebook;
-# `paper` is the DMF paper's eq. (1)-(4): row normalisation, Laplace kernel, one bandwidth,
-# no distance or drift normalisation.
+# Presets are data: `reference` is the authors' released drift_loss.py, `toy` their 2-D notebook
+# (k / sqrt(row_sum * col_sum), no floor, no normalisations), `paper` the DMF paper's eq. (1)-(4).
 PRESETS: dict[str, dict[str, Any]] = {
-    "reference": dict(
-        kernel="laplace",
-        temperatures=(0.02, 0.05, 0.2),
-        normalization="bidirectional",
-        distance_norm=True,
-        drift_norm=True,
-        self_negatives=True,
-        affinity_floor=1e-6,
-    ),
-    # The released 2-D toy notebook: k / sqrt(row_sum * col_sum) with no
-    # floor, one temperature, no distance or drift normalisation.
-    "toy": dict(
-        kernel="laplace",
-        temperatures=(0.05,),
-        normalization="bidirectional",
-        distance_norm=False,
-        drift_norm=False,
-        self_negatives=True,
-        affinity_floor=0.0,
-    ),
-    "paper": dict(
-        kernel="laplace",
-        temperatures=(1.0,),
-        normalization="row",
-        distance_norm=False,
-        drift_norm=False,
-        self_negatives=True,
-    ),
+    "reference": dict(kernel="laplace", temperatures=(0.02, 0.05, 0.2), normalization="bidirectional",
+                      distance_norm=True, drift_norm=True, self_negatives=True, affinity_floor=1e-6),
+    "toy": dict(kernel="laplace", temperatures=(0.05,), normalization="bidirectional",
+                distance_norm=False, drift_norm=False, self_negatives=True, affinity_floor=0.0),
+    "paper": dict(kernel="laplace", temperatures=(1.0,), normalization="row",
+                  distance_norm=False, drift_norm=False, self_negatives=True),
 }
 
 
@@ -132,11 +108,9 @@ class DriftResult:
 class RowShard(Protocol):
     """This process's share of a data-parallel batch, and how to reduce across processes.
 
-    With a shard, ``gen`` passed to :func:`drift_field` is the whole (all-gathered) generated
-    batch -- every sample is a negative for every other -- but only the rows ``rows`` are
-    computed here. The three global quantities (distance sum, column log-sum-exp, force mean
-    square) are reduced across processes, so the result equals the single-process drift of
-    those rows while each process does 1/N of the B x N work.
+    ``gen`` is then the whole all-gathered batch (every sample repels every other) but only
+    ``rows`` are computed; the distance sum, column log-sum-exp and force mean square are
+    reduced, so each process does 1/N of the work and gets the single-process drift of its rows.
     """
 
     rows: slice
