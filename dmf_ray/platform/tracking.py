@@ -52,8 +52,6 @@ RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
-_BATCH_PARAMS = 100
-_BATCH_METRICS = 1000
 _SERVER_SCHEMES = ("http", "https")
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -263,12 +261,11 @@ class SweepTracker:
             self.client.update_run(run.info.run_id, status="RUNNING")
 
     def _log_params_once(self, run_id: str, params: Mapping[str, Any], existing: Mapping[str, str]) -> None:
-        """Log params not yet on the run (MLflow params are immutable; re-logging a changed value fails)."""
+        """Log params not yet on the run (MLflow params are immutable; re-logging a changed value
+        fails). ``log_batch`` splits into MLflow's per-request limits itself."""
         from mlflow.entities import Param
 
-        new = [Param(k, v) for k, v in flatten_params(params).items() if k not in existing]
-        for i in range(0, len(new), _BATCH_PARAMS):
-            self.client.log_batch(run_id, params=new[i : i + _BATCH_PARAMS])
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(params).items() if k not in existing])
 
     # ----------------------------------------------------------------- sweep / trial runs
 
@@ -355,10 +352,7 @@ class SweepTracker:
                 good.append(Metric(name, value, now, step))
             else:
                 bad.append(RunTag(_clean_key(NONFINITE_PREFIX + name), f"{value} at step {step}"))
-        for i in range(0, len(good), _BATCH_METRICS):
-            self.client.log_batch(run_id, metrics=good[i : i + _BATCH_METRICS])
-        for i in range(0, len(bad), _BATCH_PARAMS):
-            self.client.log_batch(run_id, tags=bad[i : i + _BATCH_PARAMS])
+        self.client.log_batch(run_id, metrics=good, tags=bad)
 
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         local = Path(local_dir)
