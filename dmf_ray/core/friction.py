@@ -162,12 +162,10 @@ def apply_friction(
 class VelocityBuffer:
     """Velocity v of every source sample for the second-order and hybrid updates.
 
-    The heavy-ball form needs the identity of a sample across steps, so velocities are stored
-    per source index (natural for translation with a finite source set). Rows start at zero
-    (v^0 = 0 in definition 1) and are kept in float32. If a batch holds the same index more than
-    once, every occurrence reads the velocity stored before the batch, and the row written last
-    in batch order wins, deterministically on every device (plain index assignment with
-    duplicates is unspecified on CUDA).
+    The heavy-ball form needs a sample's identity across steps, so velocities (float32, v^0 = 0)
+    are stored per source index. A duplicated index reads the velocity stored before the batch,
+    and its last occurrence wins on every device (index assignment with duplicates is
+    unspecified on CUDA).
     """
 
     def __init__(self, n_sources: int, dim: int, device: torch.device | str | None = None) -> None:

@@ -138,10 +138,9 @@ def _softplus_inverse(y: float) -> float:
 class ICNN(nn.Module):
     """Dense input-convex network Psi: R^d -> R; the generator is its gradient map x -> grad Psi(x).
 
-    Why this form: OFM (Kornilov et al. 2024) restricts the flow to straight lines
-    z -> (1 - t) z + t grad Psi(z) with Psi convex, whose end map grad Psi is an OT map for the
-    quadratic cost. The architecture follows the dense ICNN with convex quadratic skips that the
-    OFM/ALAE experiments use (Korotin et al. 2021), for ``depth`` = K hidden layers of ``width`` = w:
+    Why: a gradient of a convex function is the form every quadratic-cost OT map takes (Brenier),
+    so OFM (Kornilov et al. 2024) searches only among such maps. The dense ICNN with convex
+    quadratic skips of the OFM/ALAE experiments (Korotin et al. 2021), K = ``depth``, w = ``width``:
 
         z_1     = celu(L_1 x + b_1 + (A_1 x)^2)                          (w,)
         z_{k+1} = celu(softplus(V_k) z_k + L_{k+1} x + b_{k+1} + (A_{k+1} x)^2)

@@ -110,11 +110,8 @@ def minibatch_ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
 
 
 def inner_objective(icnn: nn.Module, z: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """Per-sample (1 - t)/2 ||z||^2 + t Psi(z) - <x_t, z>: (N,), for z, x_t (N, d) and t (N, 1).
-
-    Strongly convex in z (modulus >= (1 - t) + t * ICNN.ALPHA); its minimiser is the inverse
-    flow map z0(x_t) because its gradient is (1 - t) z + t grad Psi(z) - x_t.
-    """
+    """Per-sample (1 - t)/2 ||z||^2 + t Psi(z) - <x_t, z>, (N,): strongly convex in z, minimised
+    by the inverse flow map z0(x_t) since its gradient is (1 - t) z + t grad Psi(z) - x_t."""
     return 0.5 * (1.0 - t[:, 0]) * z.square().sum(dim=1) + t[:, 0] * icnn.potential(z) - (x_t * z).sum(dim=1)
 
 

@@ -35,16 +35,12 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 #: (CLIP embeddings, FID features) of decoded latents; None where that score is not configured.
 ImageFeatures = tuple[torch.Tensor | None, np.ndarray | None]
 
-#: Bandwidth of the CMMD Gaussian RBF kernel and the x1000 reporting scale (paper and reference code).
-CMMD_SIGMA: float = 10.0
+CMMD_SIGMA: float = 10.0  # the CMMD RBF bandwidth and x1000 reporting scale (paper and reference code)
 CMMD_SCALE: float = 1000.0
-#: The CLIP model of the CMMD paper in open_clip's naming. The OpenAI weights need QuickGELU; the
-#: plain "ViT-L-14-336" config uses nn.GELU and would silently give different embeddings.
+# OpenAI's CMMD weights need QuickGELU; plain "ViT-L-14-336" would silently embed differently.
 DEFAULT_CLIP_MODEL: str = "ViT-L-14-336-quickgelu"
-#: File name clean-fid's InceptionV3W loads from its folder (it joins this name itself).
-INCEPTION_FILENAME: str = "inception-2015-12-05.pt"
-#: Latents decoded (and images embedded) per batch when scoring.
-DECODE_BATCH: int = 32
+INCEPTION_FILENAME: str = "inception-2015-12-05.pt"  # the name clean-fid's InceptionV3W opens
+DECODE_BATCH: int = 32  # latents decoded (and images embedded) per batch
 
 
 def _one_line(exc: BaseException) -> str:

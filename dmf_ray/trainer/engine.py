@@ -89,9 +89,8 @@ def generator_config(cfg: TrainConfig, dim: int) -> GeneratorConfig:
 def build_state(cfg: TrainConfig, data: TranslationData, rank: int = 0) -> TrainState:
     """Fresh model, optimiser, LR schedule, sampling RNG and (second/hybrid order) velocities.
 
-    Seeding torch before building the model makes initial weights a function of ``cfg.seed``
-    alone, identical on every data-parallel rank; each rank draws its batches from its own
-    stream (rank 0 keeps the single-process stream).
+    Initial weights depend on ``cfg.seed`` alone, identical on every rank; each rank draws its
+    batches from its own stream (rank 0 keeps the single-process one).
     """
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
