@@ -199,19 +199,3 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     return value
 
-
-__all__ = [
-    "Bool",
-    "Float",
-    "Floats",
-    "Fraction",
-    "Int",
-    "PositiveFloat",
-    "PositiveFloats",
-    "PositiveInt",
-    "SECTION",
-    "Str",
-    "config_error",
-    "plain",
-    "validate",
-]

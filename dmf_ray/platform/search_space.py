@@ -60,11 +60,6 @@ def _when(raw: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
 When = Annotated[dict[str, Any], AfterValidator(_when)]
 
 
-# ----------------------------------------------------------------------------------------------
-# Params
-# ----------------------------------------------------------------------------------------------
-
-
 def _check_range(p: FloatParam | IntParam) -> None:
     integer = p.type == "int"
     if p.low >= p.high:
@@ -201,11 +196,6 @@ class CategoricalParam:
 Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
 
-# ----------------------------------------------------------------------------------------------
-# Sampler, scheduler, resources
-# ----------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, config=SECTION)
 class TPESampler:
     """Optuna's TPE, after ``n_startup_trials`` random trials (Optuna's default: 10)."""
@@ -256,11 +246,6 @@ class ResourceSpec:
     workers: PositiveInt = 1
     cpus_per_worker: Annotated[Float, Field(ge=MIN_CPUS_PER_WORKER)] = 1.0
     gpus_per_worker: Annotated[Float, Field(ge=0)] = 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# The spec
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -316,11 +301,6 @@ class SearchSpec:
 def is_active(p: Any, chosen: Mapping[str, Any]) -> bool:
     """Whether ``p``'s ``when`` holds for the suggestions ``chosen`` so far."""
     return all(other in chosen and any(_same(chosen[other], v) for v in allowed) for other, allowed in p.when.items())
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
 
 
 def load_search_space(path: str | Path) -> SearchSpec:
@@ -445,11 +425,6 @@ def _same(a: Any, b: Any) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and (a is None) == (b is None) and a == b
 
 
-# ----------------------------------------------------------------------------------------------
-# Optuna / Tune
-# ----------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class DefineByRun:
     """The Optuna define-by-run function of a spec: the params in order, those whose ``when`` holds.
@@ -504,28 +479,3 @@ def make_scheduler(spec: SearchSpec) -> ASHAScheduler | None:
     return ASHAScheduler(time_attr=TIME_ATTR, metric=spec.metric, mode=spec.mode, max_t=s.max_t,
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
-
-__all__ = [
-    "ASHA",
-    "CategoricalParam",
-    "FloatParam",
-    "IntParam",
-    "MIN_CPUS_PER_WORKER",
-    "NoScheduler",
-    "Param",
-    "RandomSampler",
-    "ResourceSpec",
-    "Sampler",
-    "Scheduler",
-    "SearchSpec",
-    "TIME_ATTR",
-    "TPESampler",
-    "DefineByRun",
-    "is_active",
-    "load_search_space",
-    "make_sampler",
-    "make_scheduler",
-    "make_searcher",
-    "search_space_from_dict",
-    "trial_overrides",
-]
