@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +89,15 @@ class Translator:
     model: nn.Module
     cfg: GeneratorConfig
     source: str = ""
-    weights_path: Path | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
         """Width of the input (the latent dim for a translation generator)."""
         return self.cfg.input_dim
 
-    @property
-    def out_dim(self) -> int:
-        return self.cfg.dim
-
     def translate(self, array: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Translate (N, dim) float rows (float16/32/64); ValueError on bad shape/dtype/values."""
         return run_generator(self.model, as_float32_batch(array, self.dim), batch_size)
-
-    __call__ = translate
 
 
 def load_model(uri: str | Path, tracking_uri: str | None = None) -> Translator:
@@ -117,14 +110,13 @@ def load_model(uri: str | Path, tracking_uri: str | None = None) -> Translator:
         return _translator(_weights_in(local, text), text)
     with tempfile.TemporaryDirectory(prefix="dmf_ray_load_") as tmp:  # weights are read into memory
         folder = _download(text, tracking_uri, Path(tmp))
-        weights = _weights_in(folder, text)
-        return _translator(weights, text, keep_path=False)
+        return _translator(_weights_in(folder, text), text)
 
 
-def _translator(weights: Path, source: str, keep_path: bool = True) -> Translator:
+def _translator(weights: Path, source: str) -> Translator:
     model, cfg = load_generator(weights, device="cpu")
     model.eval()
-    return Translator(model=model, cfg=cfg, source=source, weights_path=weights if keep_path else None)
+    return Translator(model=model, cfg=cfg, source=source)
 
 
 def _weights_in(path: Path, uri: str) -> Path:
