@@ -212,7 +212,6 @@ class SweepTracker:
         if not experiment_name:
             raise ConfigError("experiment_name", "must not be empty")
         self.tracking_uri = tracking_uri
-        self.experiment_name = experiment_name
         check_tracking_server(tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._lock = threading.RLock()
@@ -234,7 +233,6 @@ class SweepTracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
-        self.artifact_location = self.client.get_experiment(self.experiment_id).artifact_location
 
     # ----------------------------------------------------------------- run lookup
 
