@@ -262,21 +262,12 @@ class SearchSpec:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     fixed: dict[str, Any] = field(default_factory=dict)
 
-    @field_validator("params", mode="before")
+    @field_validator("params", "fixed", mode="before")
     @classmethod
-    def _params_name_config_keys(cls, raw: Any) -> Any:
+    def _names_are_config_keys(cls, raw: Any) -> Any:
         for name in raw if isinstance(raw, Mapping) else ():
             _check_config_key(name)
-        return raw
-
-    @field_validator("fixed", mode="before")
-    @classmethod
-    def _fixed_names_config_keys(cls, raw: Any) -> Any:
-        if raw is None:
-            return {}
-        for name in raw if isinstance(raw, Mapping) else ():
-            _check_config_key(name)
-        return copy.deepcopy(raw)
+        return {} if raw is None else copy.deepcopy(raw)
 
     @model_validator(mode="after")
     def _conditions_refer_back(self) -> SearchSpec:
