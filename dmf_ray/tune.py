@@ -147,6 +147,8 @@ def print_outcome(outcome: SweepOutcome) -> None:
     plan = outcome.plan
     print(f"\nTop trials by {plan.spec.metric} ({plan.spec.mode}) of sweep {plan.name}:\n{markdown(outcome.table.head(TOP_SHOWN))}")
     print(f"All trials: {outcome.csv_path}  {outcome.md_path}")
+    if outcome.closed_runs:
+        print(f"Closed {outcome.closed_runs} MLflow trial run(s) that a crashed driver had left open.")
     if outcome.best_params_path is not None:
         print(f"Best trial's searched keys: {outcome.best_params_path} "
               "(python -m dmf_ray.experiments.compare --methods dmf dmf-searched --searched <it>)")
