@@ -34,7 +34,7 @@ from dmf_ray.eval.metrics import METRIC_NAMES
 from dmf_ray.schema import SECTION, Bool, Float, Int, PositiveFloat, PositiveInt, validate
 from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_mapping
 
-if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (Ray is slow to import)
+if TYPE_CHECKING:  # imported lazily at run time (Ray is slow to import)
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -345,7 +345,7 @@ def _check_against_train_config(spec: SearchSpec) -> TrainConfig:
     """Build the fixed config and one config per param extreme; return the fixed-only config."""
     fixed, params = spec.fixed, spec.params
     try:
-        base = load_train_config(None, copy.deepcopy(fixed))
+        base = load_train_config(None, fixed)  # the loader never changes the values it is given
     except ConfigError as exc:
         where = f"fixed.{exc.field}" if exc.field in fixed else "fixed"
         raise ConfigError(where, f"rejected by the training config: {exc}") from None
@@ -353,7 +353,7 @@ def _check_against_train_config(spec: SearchSpec) -> TrainConfig:
         for key, option in p.extremes():
             assignment = _assignment_with(params, name, option)
             try:
-                cfg = load_train_config(None, {**copy.deepcopy(fixed), **{n: params[n].value(o) for n, o in assignment.items()}})
+                cfg = load_train_config(None, {**fixed, **{n: params[n].value(o) for n, o in assignment.items()}})
             except ConfigError as exc:
                 # Blame the param whose value the config rejected, when that is not ``p`` itself.
                 culprit, culprit_key, culprit_option = name, key, option

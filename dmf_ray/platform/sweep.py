@@ -455,7 +455,9 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     to the sweep folder (``runs/<name>`` for remote storage)."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    env_vars = {**RAY_ENV, **{k: v for k, v in os.environ.items() if k == FAULT_GATE_ENV}}
+    env_vars = dict(RAY_ENV)
+    if FAULT_GATE_ENV in os.environ:  # a fault test's gate folder reaches the workers
+        env_vars[FAULT_GATE_ENV] = os.environ[FAULT_GATE_ENV]
     ray.init(address=plan.address or "local", runtime_env={"env_vars": env_vars}, log_to_driver=False)
     try:
         require_reachable_storage(plan)
