@@ -10,7 +10,7 @@ import torch
 
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
-from dmf_ray.core.drift import FAMILIES, make_drift_config
+from dmf_ray.core.drift import FAMILIES, make_drift_config, target_loss
 from dmf_ray.core.drift_fast import drift_field
 from dmf_ray.trainer.engine import build_state, train, train_step
 from dmf_ray.errors import ConfigError
@@ -52,30 +52,55 @@ def _dist_scale(result, d: int, distance_norm: bool) -> float:
 # ------------------------------------------------------------------------------------ sharp
 
 
+def _regression_gradient(x: torch.Tensor, drift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """d/dx of the released regression loss on ``drift`` (what the ``drifting`` family trains)."""
+    x = x.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(target_loss(x, drift, scale), x)
+    return grad
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("temperatures", [(0.7,), (0.4, 1.5)])
-def test_sharp_loss_gradient_is_minus_the_sharp_drift(kernel: str, temperatures: tuple) -> None:
+def test_sharp_potential_encodes_the_sharp_drift(kernel: str, temperatures: tuple) -> None:
     gen, pos = _samples()
     cfg = make_drift_config(None, kernel=kernel, temperatures=temperatures, normalization="sharp",
                             distance_norm=False, drift_norm=False, family="sharp")
     x = gen.clone().requires_grad_()
-    (grad,) = torch.autograd.grad(sharp_potential(x, pos, cfg).loss, x)
+    sp = sharp_potential(x, pos, cfg)
+    (grad,) = torch.autograd.grad(sp.loss, x)
     reference = drift_field(gen, pos, None, cfg).drift  # float32
-    _close(-grad, reference, 1e-5)
-    # The closed-form drift returned alongside equals the float64 gradient to round-off.
-    _close(sharp_potential(gen, pos, cfg).drift, -grad, 1e-10)
+    _close(sp.drift, reference, 1e-5)
+    # Without distance normalisation the loss is the potential times 2 / (B D).
+    _close(-grad * gen.numel() / 2, sp.drift, 1e-10)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("distance_norm", [False, True])
+@pytest.mark.parametrize("drift_norm", [False, True])
+def test_sharp_loss_has_the_regression_loss_gradient(kernel: str, distance_norm: bool, drift_norm: bool) -> None:
+    """grad_x of the sharp loss == grad_x target_loss(x, V, c): one learning rate fits both families."""
+    gen, pos = _samples(seed=3)
+    gen = 2.5 * gen  # a distance scale far from 1, so a missing s^2 / (c^2 D) would show
+    cfg = make_drift_config("reference", kernel=kernel, temperatures=(0.3, 1.0), family="sharp",
+                            distance_norm=distance_norm, drift_norm=drift_norm)
+    x = gen.clone().requires_grad_()
+    sp = sharp_potential(x, pos, cfg)
+    (grad,) = torch.autograd.grad(sp.loss, x)
+    torch.testing.assert_close(grad, _regression_gradient(gen, sp.drift, sp.scale), rtol=1e-9, atol=1e-12)
+    assert grad.abs().max() > 1e-3  # not trivially zero
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_sharp_potential_with_distance_and_drift_norm_stays_conservative(kernel: str) -> None:
-    """Under both normalisations -s^2 grad L is still drift.py's sharp drift (s detached)."""
+    """Under both normalisations the encoded drift is still drift.py's sharp drift (s detached)."""
     gen, pos = _samples(seed=3)
     cfg = make_drift_config("reference", kernel=kernel, temperatures=(0.3, 1.0), normalization="sharp", family="sharp")
     x = gen.clone().requires_grad_()
     sp = sharp_potential(x, pos, cfg)
     (grad,) = torch.autograd.grad(sp.loss, x)
     reference = drift_field(gen, pos, None, cfg)
-    _close(-grad * sp.dist_scale.square(), reference.drift, 1e-5)
+    _close(sp.drift, reference.drift, 1e-5)
+    _close(-grad * sp.scale.square() * gen.numel() / 2, reference.drift, 1e-5)
     _close(sp.force_rms, reference.force_rms, 1e-5)
     _close(sp.scale, reference.scale, 1e-5)
 
@@ -93,6 +118,7 @@ def test_sgd_on_the_sharp_loss_decreases_it(kernel: str) -> None:
     cfg = make_drift_config(None, kernel=kernel, temperatures=(0.5, 1.0), family="sharp",
                             distance_norm=False, drift_norm=False)
     negatives = gen.clone()  # fixed negatives: the potential is one fixed function of x
+    lr = 0.05 * gen.numel() / 2  # a step of 0.05 on the potential itself (the loss is it times 2 / (B D))
     x = gen.clone().requires_grad_()
     losses = []
     for _ in range(6):
@@ -100,7 +126,7 @@ def test_sgd_on_the_sharp_loss_decreases_it(kernel: str) -> None:
         (grad,) = torch.autograd.grad(loss, x)
         losses.append(loss.item())
         with torch.no_grad():
-            x -= 0.05 * grad
+            x -= lr * grad
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     # The real dynamics (negatives follow x): samples move towards the positives' mean.
     x = gen.clone().requires_grad_()
@@ -108,7 +134,7 @@ def test_sgd_on_the_sharp_loss_decreases_it(kernel: str) -> None:
     for _ in range(40):
         (grad,) = torch.autograd.grad(sharp_potential(x, pos, cfg).loss, x)
         with torch.no_grad():
-            x -= 0.05 * grad
+            x -= lr * grad
     assert (x.mean(0) - pos.mean(0)).norm().item() < 0.6 * start
 
 
@@ -318,4 +344,4 @@ def test_short_training_run_per_family_is_finite(tiny_overrides, family: str) ->
     state = train(cfg, data, state)
     record = state.history[-1]
     assert state.step == 30
-    assert all(math.isfinite(record[k]) for k in ("loss", "drift_rms", "fd")), record
+    assert all(math.isfinite(record[k]) for k in ("loss", "drift_rms", "val_fd", "test_fd")), record

@@ -249,9 +249,12 @@ def sinkhorn_drift(gen: Tensor, pos: Tensor, cfg: DriftConfig) -> DriftResult:
 class SharpPotential:
     """The sharp-kernel potential of a batch and the drift it encodes.
 
-    ``loss`` L = sum_t w_t sum_i [log Z#_q,t(x_i) - log Z#_p,t(x_i)], differentiable in x
-    (w_t = 1, or 1 / force_rms_t under ``drift_norm``); ``drift`` (b, D), detached,
-    = -dist_scale^2 grad_x L = drift_field(normalization="sharp"); the rest as DriftResult.
+    ``loss`` L = 2 s^2 / (c^2 b D) * sum_t w_t sum_i [log Z#_q,t(x_i) - log Z#_p,t(x_i)],
+    differentiable in x (s = ``dist_scale``, c = ``scale``, b rows of dimension D; w_t = 1, or
+    1 / force_rms_t under ``drift_norm``). Its x-gradient is exactly that of the regression loss
+    ``drift.target_loss(x, drift, scale)``, -2 drift / (c^2 b D), so ``sharp`` and ``drifting``
+    take steps of the same size at one learning rate. ``drift`` (b, D), detached, is
+    drift_field(normalization="sharp"); the rest as DriftResult.
     """
 
     loss: Tensor
@@ -279,7 +282,10 @@ def sharp_potential(
     * Z#_p sums over the positives, Z#_q over the (stop-gradient) generated batch with the
       sample's own term removed (its index ``shard.rows.start + i`` in ``gen_all``).
     * Kernel distances are r / s with the detached distance scale s (``distance_norm``), so
-      -grad_x L = V / s^2 (the chain rule through r / s); ``drift`` returns V itself.
+      -grad_x sum_i [log Z#_p - log Z#_q] = V / s^2 (the chain rule through r / s). The loss is
+      that potential times 2 s^2 / (c^2 b D), a detached constant, so its gradient equals the
+      released regression loss's on V (the factor is 2 with ``distance_norm``, whose c^2 D is
+      s^2, and 2 / D without); ``drift`` returns V itself.
     * Several temperatures: drift.py *sums the per-temperature drifts*, so L is the sum of the
       per-temperature potentials, sum_t [log Z#_q,t - log Z#_p,t] -- not the log of a summed Z#
       (which would weight temperatures by their share of Z# and give a different field).
@@ -330,6 +336,8 @@ def sharp_potential(
     mean_sq = shard_reduce(shard, "sum", forces_t.square().sum(dim=(1, 2))) / (b_total * d)
     rms = force_rms(mean_sq, coord_scale)
     weights = 1.0 / rms if cfg.drift_norm else torch.ones_like(rms)
-    loss = sum(w * p for w, p in zip(weights, potentials))
+    # the detached factor that makes grad_x loss = grad_x target_loss(x, drift, coord_scale)
+    regression = 2.0 * dist_scale.square() / (coord_scale.square() * (xw.shape[0] * d))
+    loss = regression * sum(w * p for w, p in zip(weights, potentials))
     drift = (forces_t * weights[:, None, None]).sum(0)
     return SharpPotential(loss=loss, drift=drift, scale=coord_scale, dist_scale=dist_scale, force_rms=rms)

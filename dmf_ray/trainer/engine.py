@@ -143,10 +143,11 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
         pos_all, _ = gather(pos)
     if cfg.drift.family == "sharp":
         # A conservative potential trained by plain backprop (dmf_ray.core.families): first-order
-        # friction scales it by (1 - gamma); `drift` is the equivalent drift -s^2 grad L, for logs.
+        # friction scales it by (1 - gamma); its gradient is target_loss's on `drift`, the
+        # equivalent drift (for logs).
         sharp = sharp_potential(x, pos_all, cfg.drift, gen_all=x_all, shard=shard)
         drift = sharp.drift
-        loss = sharp.loss * ((1.0 - g) / x.shape[0])
+        loss = sharp.loss * (1.0 - g)
     else:  # family "drifting" is drift_field itself
         result = family_drift(x_all, pos_all, cfg.drift, shard=shard)
         drift = result.drift
