@@ -17,6 +17,7 @@ import open_clip
 import pytest
 import torch
 from cleanfid.fid import frechet_distance as clean_frechet_distance
+from cleanfid.fid import kernel_distance as clean_kernel_distance
 from cleanfid.fid import get_folder_features
 from PIL import Image
 from scipy.spatial.distance import cdist
@@ -34,6 +35,7 @@ from dmf_ray.eval.image_metrics import (
     load_inception,
     to_uint8_images,
 )
+from dmf_ray.eval.metrics import frechet_distance, kernel_inception_distance
 from dmf_ray.trainer.config import EvalConfig
 
 TINY_CLIP = "dmf-tiny-clip-test"
@@ -237,9 +239,11 @@ def _latents(seed: int, n: int = 16, shift: float = 0.0) -> torch.Tensor:
 def test_fid_is_zero_for_identical_sets_and_positive_for_different(fid_scorer) -> None:
     target = _latents(10)
     score = fid_scorer(target)
-    assert set(score(target)) == {"fid_image"}  # only what is configured is reported
-    assert abs(score(target)["fid_image"]) < 1e-6
-    assert score(_latents(11, shift=2.0))["fid_image"] > 1e-3
+    same, shifted = score(target), score(_latents(11, shift=2.0))
+    assert set(same) == {"fid_image", "kid_image"}  # only what is configured is reported
+    assert abs(same["fid_image"]) < 1e-6
+    assert shifted["fid_image"] > 1e-3
+    assert shifted["kid_image"] > 0 > same["kid_image"]  # unbiased: identical small sets score just below 0
 
 
 @pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
@@ -250,7 +254,23 @@ def test_fid_matches_clean_fid_frechet_distance_on_the_same_features(fid_scorer,
     fb = image_features(decoder(target), extractor, batch_size=7, device="cpu")
     assert fa.shape == (16, 6)
     expected = clean_frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
-    assert fid_scorer(target)(mapped)["fid_image"] == pytest.approx(expected, rel=1e-6)
+    scores = fid_scorer(target)(mapped)
+    assert scores["fid_image"] == pytest.approx(expected, rel=1e-6)
+    np.random.seed(0)  # what kernel_inception_distance seeds clean-fid's subset draws with
+    assert scores["kid_image"] == pytest.approx(clean_kernel_distance(fa.astype(np.float64), fb.astype(np.float64)), rel=1e-6)
+
+
+def test_fid_and_kid_use_the_whole_target_set(fid_scorer, extractor: nn.Module) -> None:
+    """eval.samples bounds the mapped side only: the target's 40 rows all enter FID and KID."""
+    target, mapped = _latents(20, n=40), _latents(21, n=30, shift=0.5)
+    scores = fid_scorer(target, samples=12)(mapped)
+    decoder = load_decoder(DECODER)
+    fa = image_features(decoder(mapped[:12]), extractor, device="cpu")
+    fb = image_features(decoder(target), extractor, device="cpu")
+    assert scores["fid_image"] == pytest.approx(frechet_distance(fa, fb), rel=1e-6)
+    assert scores["kid_image"] == pytest.approx(kernel_inception_distance(fa, fb), rel=1e-6)
+    capped = frechet_distance(fa, image_features(decoder(target[:12]), extractor, device="cpu"))
+    assert abs(capped - scores["fid_image"]) > 0.1 * scores["fid_image"]  # the whole set differs from its head
 
 
 def test_image_features_equal_clean_fid_folder_pipeline(extractor: nn.Module, tmp_path: Path) -> None:
@@ -356,7 +376,7 @@ def test_image_scorer_end_to_end(tiny_clip: dict, embedder: ClipEmbedder, fid_sc
 
     score = fid_scorer(target, **clip)
     good, bad = score(target.clone()), score(mapped_bad)
-    assert set(good) == set(bad) == {"cmmd", "fid_image"}
+    assert set(good) == set(bad) == {"cmmd", "fid_image", "kid_image"}
     assert abs(good["fid_image"]) < 1e-6 and -0.5 < good["cmmd"] <= 0  # identical image sets
     assert bad["fid_image"] > 1e-3 and bad["cmmd"] > good["cmmd"]
 
@@ -380,10 +400,10 @@ def test_image_scorer_decodes_the_target_once(tiny_clip: dict, embedder: ClipEmb
     cfg = EvalConfig(decoder=DECODER, clip_model=TINY_CLIP, clip_weights=str(tiny_clip["weights"]), samples=12)
     target, mapped = _latents(5, n=20), _latents(6, n=20, shift=1.0)
     score = build_image_scorer(cfg, target, device="cpu")
-    assert sum(decoded) == 12  # the target's first eval.samples rows, at build time
+    assert sum(decoded) == 20  # the whole target set, at build time
     first, second = score(mapped), score(mapped)
-    assert sum(decoded) == 12 + 2 * 12 and first == second
-    expected = cmmd(embedder.embed(original(mapped[:12])), embedder.embed(original(target[:12])))
+    assert sum(decoded) == 20 + 2 * 12 and first == second  # eval.samples mapped rows per evaluation
+    expected = cmmd(embedder.embed(original(mapped[:12])), embedder.embed(original(target)))
     assert first == pytest.approx({"cmmd": expected}, rel=1e-6)
     assert build_image_scorer(EvalConfig(), target) is None
 
@@ -400,8 +420,10 @@ def test_training_reports_image_scores_when_a_decoder_is_configured(tiny_clip: d
         "eval.clip_weights": str(tiny_clip["weights"]), "eval.samples": 16,
     })
     state = train(cfg, load_dataset(cfg.data), progress=False)
-    assert [sorted(k for k in h if k in ("cmmd", "fd")) for h in state.history] == [["cmmd", "fd"]] * 2
-    assert all(math.isfinite(h["cmmd"]) for h in state.history)
+    # Validation during training; the final evaluation adds the test split's scores.
+    val, test = ["val_cmmd", "val_fd"], ["test_cmmd", "test_fd"]
+    assert [sorted(k for k in h if k in val + test) for h in state.history] == [val, sorted(val + test)]
+    assert all(math.isfinite(h["val_cmmd"]) for h in state.history) and math.isfinite(state.history[-1]["test_cmmd"])
 
 
 def test_eval_section_is_validated_at_the_edge(tmp_path: Path) -> None:

@@ -1,9 +1,14 @@
-"""Image-space scores for latent translators: CMMD (CLIP) and FID (Inception), plus a decoder hook.
+"""Image-space scores for latent translators: CMMD (CLIP), FID and KID (Inception), plus a decoder hook.
 
 Papers report image metrics, not latent FD. When a run names a decoder (``eval.decoder``,
 latents -> images), :func:`build_image_scorer` decodes mapped and target latents batch by batch
-and scores the images by CMMD (Jayasumana et al. 2024) and clean-fid's "clean" FID (README.md,
-"Metrics"). Weights are local files, never downloaded; a missing one is a one-line DataError.
+and scores the images by CMMD (Jayasumana et al. 2024, arXiv 2401.09603) and by clean-fid's
+"clean" FID with KID beside it, on the same Inception features (README.md, "Metrics"). Weights
+are local files, never downloaded; a missing one is a one-line DataError.
+
+Units, as returned: ``cmmd`` is CMMD x 1000 (the paper's and google-research/cmmd's convention,
+``CMMD_SCALE``); ``fid_image`` is plain FID; ``kid_image`` is clean-fid's ``kernel_distance``,
+the raw unbiased MMD^2 (not the x 1000 some KID tables print).
 
 Images may be float ``(N, 3, H, W)`` in [0, 1] or uint8 ``(N, H, W, 3)``; both become uint8
 first, exactly what a saved PNG holds -- the form in which the reference FID (clean-fid folders)
@@ -27,7 +32,7 @@ from PIL import Image
 
 from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.core.geometry import sq_distances
-from dmf_ray.eval.metrics import Features, _as_features, _as_pair, frechet_distance
+from dmf_ray.eval.metrics import Features, _as_features, _as_pair, frechet_distance, kernel_inception_distance
 
 ImageBatch = torch.Tensor | np.ndarray
 Decoder = Callable[[torch.Tensor], ImageBatch]
@@ -36,7 +41,7 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 ImageFeatures = tuple[torch.Tensor | None, np.ndarray | None]
 
 CMMD_SIGMA: float = 10.0  # the CMMD RBF bandwidth and x1000 reporting scale (paper and reference code)
-CMMD_SCALE: float = 1000.0
+CMMD_SCALE: float = 1000.0  # cmmd() returns CMMD_SCALE * MMD^2: divide by it for the raw MMD^2
 # OpenAI's CMMD weights need QuickGELU; plain "ViT-L-14-336" would silently embed differently.
 DEFAULT_CLIP_MODEL: str = "ViT-L-14-336-quickgelu"
 INCEPTION_FILENAME: str = "inception-2015-12-05.pt"  # the name clean-fid's InceptionV3W opens
@@ -119,6 +124,9 @@ def cmmd(
     block: int = 2048,
 ) -> float:
     """CMMD (Jayasumana et al. 2024): scale * MMD^2 with k(a, b) = exp(-||a - b||^2 / (2 sigma^2)).
+
+    Units: with the default ``scale`` = 1000 this is CMMD x 1000, the number the CMMD paper's
+    tables and google-research/cmmd (``_SCALE = 1000``) print; ``scale=1`` gives the raw MMD^2.
 
     x (N, E) and y (M, E): embeddings as :meth:`ClipEmbedder.embed` returns them (unit rows; not
     renormalised here). ``unbiased`` (the estimator the paper names) drops the i = j terms, so
@@ -350,6 +358,7 @@ def _scores_of_features(mapped: ImageFeatures, target: ImageFeatures) -> dict[st
         scores["cmmd"] = cmmd(clip_m, clip_t)
     if fid_m is not None and fid_t is not None:
         scores["fid_image"] = frechet_distance(fid_m, fid_t)
+        scores["kid_image"] = kernel_inception_distance(fid_m, fid_t)
     return scores
 
 
@@ -358,9 +367,12 @@ def build_image_scorer(
 ) -> Callable[[Features], dict[str, float]] | None:
     """The run's image scorer from its ``eval`` section (a ``dmf_ray.trainer.config.EvalConfig``), or None.
 
-    The target's first ``cfg.samples`` rows are decoded and embedded once, here, with the models
-    loaded (seconds), so missing weights fail before any training step. Returns
-    ``score(mapped_latents) -> {"cmmd", "fid_image"}``.
+    The WHOLE target set is decoded and embedded once, here, with the models loaded, so missing
+    weights fail before any training step: FID is biased upwards at small N and its bias depends
+    on N (Chong & Forsyth 2020, arXiv 1911.07023), so a capped target set would give numbers that
+    compare with no published one. ``cfg.samples`` bounds only the mapped side (its first rows,
+    decoded at every evaluation). Returns ``score(mapped_latents) -> {"cmmd", "fid_image",
+    "kid_image"}``, each only when its weights are configured (units: module docstring).
     """
     if cfg.decoder is None:
         return None
@@ -369,11 +381,11 @@ def build_image_scorer(
     extractor = load_inception(cfg.inception_weights, device=device) if cfg.inception_weights else None
 
     def features(latents: Features, name: str) -> ImageFeatures:
-        return _decoded_features(latents[: cfg.samples], decoder, clip, extractor, DECODE_BATCH, device, name)
+        return _decoded_features(latents, decoder, clip, extractor, DECODE_BATCH, device, name)
 
     target = features(target_latents, "target_latents")
 
     def score(mapped: Features) -> dict[str, float]:
-        return _scores_of_features(features(mapped, "mapped_latents"), target)
+        return _scores_of_features(features(mapped[: cfg.samples], "mapped_latents"), target)
 
     return score

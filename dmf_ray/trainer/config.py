@@ -52,7 +52,8 @@ class EvalConfig:
     """Image-space scores at every evaluation (DMF Table 2; :mod:`dmf_ray.eval.image_metrics`).
 
     Optional: they need a latent -> image decoder and local weights, none of which ship with the
-    package. ``samples`` target latents are embedded once per run, as many mapped ones per evaluation.
+    package. The whole target split is embedded once per run (FID depends on the set size);
+    ``samples`` caps the mapped latents decoded per evaluation.
     """
 
     decoder: Str | None = None
