@@ -153,3 +153,11 @@ def build_ffhq_alae(cfg: DataConfig) -> TranslationData:
         dim=latents.shape[1],
         **pools,
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from dmf_ray.data.ffhq_fetch import main
+
+    sys.exit(main())
