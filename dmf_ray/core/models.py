@@ -1,7 +1,8 @@
 """One-step generators and their pickle-free checkpoint format.
 
 ``residual`` (latent translation, the identity at initialisation), ``noise`` (the toy's
-noise -> samples) and ``icnn`` (the OFM baseline's map x -> grad Psi(x)). Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone rebuilds
+noise -> samples), ``icnn`` (the OFM baseline's map x -> grad Psi(x)) and ``particles`` (one
+free vector per train source row: the particle system DMF's equations are written for). Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone rebuilds
 its model and loading never unpickles anything.
 """
 
@@ -27,7 +28,7 @@ from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.files import atomic_write
 from dmf_ray.schema import SECTION, Bool, PositiveInt, validate
 
-GeneratorKind = Literal["residual", "noise", "icnn"]
+GeneratorKind = Literal["residual", "noise", "icnn", "particles"]
 Activation = Literal["silu", "gelu", "relu", "tanh"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -48,7 +49,9 @@ class GeneratorConfig:
 
     ``dim`` is the data (output) dimension; ``noise_dim`` the input of a ``noise`` generator
     (None: ``dim``; residual and icnn map dim -> dim). ``depth`` counts hidden layers. ``icnn``
-    ignores ``activation`` (always CELU, see :class:`ICNN`) and has no LayerNorm.
+    ignores ``activation`` (always CELU, see :class:`ICNN`) and has no LayerNorm. ``n_particles``
+    is the train source pool's size for ``particles`` (filled in from the data, like ``dim``),
+    which ignores the network fields.
     """
 
     kind: GeneratorKind = "residual"
@@ -58,6 +61,7 @@ class GeneratorConfig:
     depth: PositiveInt = 3
     activation: Activation = "silu"
     layer_norm: Bool = False
+    n_particles: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _fits_kind(self) -> GeneratorConfig:
@@ -68,6 +72,8 @@ class GeneratorConfig:
             )
         if self.kind == "icnn" and self.layer_norm:
             raise ConfigError("layer_norm", "an icnn generator has no LayerNorm (it would break convexity)")
+        if self.n_particles is not None and self.kind != "particles":
+            raise ConfigError("n_particles", f"only a particles generator has particles (kind {self.kind!r}), got {self.n_particles}")
         return self
 
     @property
@@ -213,15 +219,65 @@ class ICNN(nn.Module):
         return grad
 
 
+class Particles(nn.Module):
+    """One free vector per train source row, initialised to the row: f(x_j) = p_j.
+
+    Why: DMF's updates (Kazanskii et al. 2026, arXiv 2604.18194, eq. 12 and appendix B eq. 21)
+    move particles, not network weights. With plain SGD at the learning rate that moves every
+    particle exactly onto its regression target (``lr = B D / 2`` for ``target_loss`` with unit
+    scale, i.e. ``drift.distance_norm`` off) and full batches, training *is* the particle
+    iteration, which tests check against the equations. A row is identified by exact match with
+    the stored source rows (the nearest one; distances computed without the matmul shortcut, so
+    a row's own distance is exactly 0), so the trainer passes rows as it does to every generator;
+    a held-out row gets its nearest train row's particle. Each lookup costs B x N distances:
+    meant for small sets.
+    """
+
+    _CHUNK_ENTRIES = 1 << 22
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        if cfg.n_particles is None:
+            raise ConfigError("n_particles", "a particles generator needs the train pool's size (the trainer fills it in)")
+        self.cfg = cfg
+        self.register_buffer("sources", torch.zeros(cfg.n_particles, cfg.dim))
+        self.positions = nn.Parameter(torch.zeros(cfg.n_particles, cfg.dim))
+
+    @torch.no_grad()
+    def place(self, rows: Tensor) -> None:
+        """Start every particle at its source row: rows (n_particles, dim), the train source pool."""
+        self.sources.copy_(rows)
+        self.positions.copy_(rows)
+
+    def forward(self, x: Tensor) -> Tensor:
+        step = max(1, self._CHUNK_ENTRIES // self.sources.shape[0])
+        nearest = torch.cat([
+            torch.cdist(x[i : i + step], self.sources, compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)
+            for i in range(0, x.shape[0], step)
+        ])
+        return self.positions[nearest]
+
+
 GENERATORS: dict[str, Callable[[GeneratorConfig], nn.Module]] = {
     "residual": ResidualMLP,
     "noise": NoiseMLP,
     "icnn": ICNN,
+    "particles": Particles,
 }
 
 
-def build_generator(cfg: GeneratorConfig) -> nn.Module:
-    return GENERATORS[cfg.kind](cfg)
+def build_generator(cfg: GeneratorConfig, train_source: Tensor | None = None) -> nn.Module:
+    """A fresh generator of ``cfg``; a ``particles`` one starts at ``train_source`` when given
+    (a checkpoint being loaded brings its own), which must hold ``cfg.n_particles`` rows."""
+    model = GENERATORS[cfg.kind](cfg)
+    if isinstance(model, Particles) and train_source is not None:
+        if train_source.shape[0] != cfg.n_particles:
+            raise ConfigError(
+                "model.kind",
+                f"particles are sized by data.n_train ({cfg.n_particles}), the train pool has {train_source.shape[0]} rows",
+            )
+        model.place(train_source)
+    return model
 
 
 def save_generator(model: nn.Module, cfg: GeneratorConfig, path: str | os.PathLike[str]) -> None:
