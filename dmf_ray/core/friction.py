@@ -9,6 +9,10 @@ the training target ``x + displacement``: a friction gamma(i) in [0, 1] grows ov
 * ``hybrid`` (remark 8): v_{i+1} = (1 - gamma(i)) v_i + (1 - gamma(i)) V(x_i), which damps both
   the momentum and the force and so freezes like ``first``.
 
+The paper writes these for particles: with the ``particles`` generator, full batches and SGD at
+the step that lands each particle on its target, training is exactly eq. 12 / eq. 21
+(tests/test_particles.py). For a network, :class:`VelocityBuffer` says what "v" becomes.
+
 Proposition 1 needs a non-decreasing schedule with gamma(0) = 0 and gamma(T-1) = 1, so every
 schedule here (except ``none``, plain DM) hits both end points exactly in floating point,
 without clipping. Each schedule is one function of the training fraction u = i / (T - 1), shared
@@ -160,12 +164,25 @@ def apply_friction(
 
 
 class VelocityBuffer:
-    """Velocity v of every source sample for the second-order and hybrid updates.
+    """Velocity v of every source row for the second-order and hybrid updates.
 
-    The heavy-ball form needs a sample's identity across steps, so velocities (float32, v^0 = 0)
-    are stored per source index. A duplicated index reads the velocity stored before the batch,
-    and its last occurrence wins on every device (index assignment with duplicates is
-    unspecified on CUDA).
+    What v is, exactly: one float32 vector per row of the train source pool (v = 0 at the
+    start), updated only when the row is in a batch -- v <- (1 - gamma(i)) v + V(x) (``hybrid``:
+    (1 - gamma(i)) (v + V(x))) with gamma at the step of that visit -- and the row's training
+    target is x + v. So v is a decayed sum of the *target displacements* (drifts) of the row's
+    past visits, decayed once per visit (a pool of N rows and batches of B are visited every
+    N / B steps), not per step, and not the row's realised move. For particles trained with
+    full batches and the exact SGD step the two coincide and this is eq. 21; for a network they
+    differ: a row that was never seen before is plain DM (second) or first order (hybrid).
+
+    Why not the realised velocity (target x_i + V(x_i) + (1 - gamma(i)) (x_i - x_prev), with
+    x_prev the row's output at its previous visit or after the previous optimiser step): under
+    Adam a network's output moves by steps unrelated to the target's size, so feeding the
+    realised move back into the target compounds; on the toy it diverged within 400 steps in
+    every variant and seed tried, while these bounded drift sums did not (benchmarks/RESULTS.md).
+
+    A duplicated index reads the velocity stored before the batch, and its last occurrence wins
+    on every device (index assignment with duplicates is unspecified on CUDA).
     """
 
     def __init__(self, n_sources: int, dim: int, device: torch.device | str | None = None) -> None:
