@@ -1,4 +1,5 @@
-"""Metrics against closed forms: Frechet distance, KID, L2-UVP, transport cost."""
+"""Metrics against closed forms (Frechet distance, KID, L2-UVP, transport cost, energy, MMD) and
+the toy control FD cannot see: a moment-matched Gaussian that the distribution scores reject."""
 
 from __future__ import annotations
 
@@ -6,12 +7,22 @@ import numpy as np
 import pytest
 import torch
 
+from dmf_ray.data import toy
 from dmf_ray.eval.metrics import (
+    KERNEL_ROWS,
+    energy_distance,
     evaluate_translation,
     frechet_distance,
     frechet_distance_from_moments,
     kernel_inception_distance,
     l2_uvp,
+    mixture_log_density,
+    mixture_nll,
+    mmd_unbiased,
+    mode_weight_error,
+    moment_matched_gaussian,
+    noise_floor,
+    noise_floors,
     total_variance,
     transport_cost,
 )
@@ -117,7 +128,7 @@ def test_evaluate_translation_with_gaussian_ot_map() -> None:
     source = rng.standard_normal((400, 2))  # small: clean-fid's KID costs ~ 100 * 400^2 here
     target = ot_map(rng.standard_normal((400, 2)))
     exact = evaluate_translation(source, ot_map(source), target, ot_map=ot_map)
-    assert set(exact) == {"fd", "kid", "transport_cost", "l2_uvp"}
+    assert set(exact) == {"fd", "kid", "energy", "mmd", "transport_cost", "l2_uvp"}
     assert exact["l2_uvp"] == 0.0
     assert exact["fd"] < 0.02
     assert exact["transport_cost"] == pytest.approx(transport_cost(source, ot_map(source)))
@@ -128,7 +139,7 @@ def test_evaluate_translation_with_gaussian_ot_map() -> None:
     assert abs(exact["kid"]) < 0.01 * identity["kid"]
 
     shifted = evaluate_translation(source, ot_map(source) + 0.3, target, ot_map=ot_map, with_kid=False)
-    assert set(shifted) == {"fd", "transport_cost", "l2_uvp"}
+    assert set(shifted) == {"fd", "energy", "mmd", "transport_cost", "l2_uvp"}
     assert shifted["l2_uvp"] == pytest.approx(100 * 0.18 / total_variance(target))
 
 
@@ -159,3 +170,122 @@ def test_other_validation() -> None:
         kernel_inception_distance(a, b, max_subset_size=1)
     with pytest.raises(ValueError, match="infinite|NaN or inf"):
         kernel_inception_distance(np.full((5, 2), np.inf), b)
+
+
+def _energy_by_definition(x: np.ndarray, y: np.ndarray) -> float:
+    def mean_distance(a: np.ndarray, b: np.ndarray, distinct: bool) -> float:
+        d = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+        return d.sum() / (len(a) * (len(a) - 1)) if distinct else d.mean()
+
+    return 2 * mean_distance(x, y, False) - mean_distance(x, x, True) - mean_distance(y, y, True)
+
+
+def test_energy_distance_matches_definition_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = _rng(9)
+    x, y = rng.standard_normal((300, 3)), rng.standard_normal((200, 3)) + 0.2
+    expected = _energy_by_definition(x, y)
+    assert energy_distance(x, y) == pytest.approx(expected, rel=1e-9)
+    monkeypatch.setattr("dmf_ray.eval.metrics._CHUNK_ENTRIES", 1000)  # 5 rows per chunk
+    assert energy_distance(x, y) == pytest.approx(expected, rel=1e-9)
+
+
+def test_energy_and_mmd_near_zero_for_same_distribution_and_above_noise_when_shifted() -> None:
+    sample = lambda n, g: torch.randn(n, 4, generator=g)  # noqa: E731
+    for metric in (energy_distance, mmd_unbiased):
+        floor_mean, floor_std = noise_floor(metric, sample, 1000, repeats=5, seed=1)
+        assert floor_std > 0 and abs(floor_mean) < 3 * floor_std
+        x, y = _rng(10).standard_normal((1000, 4)), _rng(11).standard_normal((1000, 4))
+        assert metric(x, y + 0.3) > floor_mean + 10 * floor_std
+
+
+def test_mmd_kernels_and_fixed_bandwidth() -> None:
+    rng = _rng(12)
+    x, y = rng.standard_normal((200, 2)), rng.standard_normal((250, 2))
+    h = 1.5
+    sq = lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1)  # noqa: E731
+    for kernel, k in (("rbf", lambda d2: np.exp(-d2 / (2 * h * h))), ("imq", lambda d2: (1 + d2 / h**2) ** -0.5)):
+        n, m = len(x), len(y)
+        expected = (
+            (k(sq(x, x)).sum() - n) / (n * (n - 1)) + (k(sq(y, y)).sum() - m) / (m * (m - 1)) - 2 * k(sq(x, y)).mean()
+        )
+        assert mmd_unbiased(x, y, kernel=kernel, bandwidth=h) == pytest.approx(expected, rel=1e-9)
+
+
+def test_max_rows_subsamples_deterministically() -> None:
+    rng = _rng(13)
+    x, y = rng.standard_normal((3000, 2)), rng.standard_normal((3000, 2))
+    capped = energy_distance(x, y, max_rows=500, seed=3)
+    assert capped == energy_distance(x, y, max_rows=500, seed=3) != energy_distance(x, y, max_rows=500, seed=4)
+    assert capped != energy_distance(x, y)
+
+
+def _toy_samples(n: int, seed: int) -> torch.Tensor:
+    return toy.sample_target(n, torch.Generator().manual_seed(seed))
+
+
+def test_mixture_nll_of_true_samples_is_the_entropy() -> None:
+    # Entropy -int p log p of the toy mixture by quadrature on a grid wide enough for both modes.
+    grid = np.linspace(-8.0, 11.0, 951)
+    points = np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2)
+    log_p = mixture_log_density(points, toy.TARGET_MIXTURE.means, toy.TARGET_MIXTURE.weights)
+    entropy = -(np.exp(log_p) * log_p).sum() * (grid[1] - grid[0]) ** 2
+    nll = mixture_nll(_toy_samples(50_000, 0), toy.TARGET_MIXTURE.means, toy.TARGET_MIXTURE.weights)
+    assert nll == pytest.approx(entropy, abs=0.02)  # std of the estimate is about 0.006
+    assert entropy > np.log(2 * np.pi * np.e)  # more than one unit Gaussian's
+
+
+def test_mode_weight_error_is_total_variation_of_component_masses() -> None:
+    means, weights = toy.TARGET_MIXTURE.means, toy.TARGET_MIXTURE.weights
+    assert mode_weight_error(_toy_samples(20_000, 1), means, weights) < 0.01
+    dropped = np.random.default_rng(14).standard_normal((20_000, 2)) + means[1]  # all mass on one mode
+    # Posterior masses, not hard assignments: a draw of mode 1 keeps P(0 | x) = sigmoid(-d u),
+    # u ~ N(d/2, 1) its coordinate along the modes' axis from their midpoint, d = ||m1 - m0||.
+    d = np.linalg.norm(means[1] - means[0])
+    u = np.linspace(d / 2 - 8, d / 2 + 8, 4001)
+    leak = (np.exp(-((u - d / 2) ** 2) / 2) / np.sqrt(2 * np.pi) / (1 + np.exp(d * u))).sum() * (u[1] - u[0])
+    assert mode_weight_error(dropped, means, weights) == pytest.approx(0.5 - leak, abs=0.005)
+
+
+def test_moment_matched_gaussian_fools_fd_but_not_energy_mmd_or_nll() -> None:
+    """The toy control: FD compares only the two moments the control copies; the distribution
+    scores and the NLL under the known density reject it far above their noise floors."""
+    n = 50_000
+    target = _toy_samples(n, 2)
+    control = moment_matched_gaussian(target, n, seed=3)
+    assert control.mean(0) == pytest.approx(toy.TARGET_MEAN.numpy(), abs=0.05)
+    floors = noise_floors(toy.sample_target, n, mixture=toy.TARGET_MIXTURE, repeats=10, seed=4)
+    control_scores = evaluate_translation(control, control, target, with_kid=False, mixture=toy.TARGET_MIXTURE)
+    true_scores = evaluate_translation(target, _toy_samples(n, 5), target, with_kid=False, mixture=toy.TARGET_MIXTURE)
+
+    def z(scores: dict[str, float], name: str) -> float:
+        mean, std = floors[name]
+        return (scores[name] - mean) / std
+
+    assert abs(z(control_scores, "fd")) < 4  # FD cannot tell the control from the mixture
+    for name in ("energy", "mmd", "nll"):
+        assert z(control_scores, name) > 5, name
+        assert abs(z(true_scores, name)) < 4, name
+    # Symmetric about the modes' midpoint, the control gives each mode its weight: the
+    # mode-weight error is blind to it (it sees dropped or unbalanced modes instead).
+    assert abs(z(control_scores, "mode_weight_error")) < 4
+
+
+def test_noise_floor_from_a_finite_pool_uses_disjoint_halves() -> None:
+    pool = _rng(15).standard_normal((1000, 2))
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def record(x: np.ndarray, y: np.ndarray) -> float:
+        calls.append((x, y))
+        return float(np.abs(x.mean(0) - y.mean(0)).sum())
+
+    mean, std = noise_floor(record, pool, 500, repeats=3, seed=0)
+    assert len(calls) == 3 and mean > 0 and std > 0
+    for x, y in calls:
+        assert x.shape == y.shape == (500, 2)
+        rows = {tuple(r) for r in np.concatenate([x, y])}
+        assert len(rows) == 1000  # disjoint, together the whole pool
+    with pytest.raises(ValueError, match="disjoint"):
+        noise_floor(record, pool, 501)
+    with pytest.raises(ValueError, match="repeats"):
+        noise_floor(record, pool, 10, repeats=1)
+    assert KERNEL_ROWS >= 1000  # evaluations score energy/MMD on enough rows to see the toy's modes

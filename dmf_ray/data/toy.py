@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dmf_ray.eval.metrics import UnitGaussianMixture
 from dmf_ray.data.base import TEST_STREAM, TRAIN_STREAM, DataConfig, TranslationData, stream_generator
 
 DIM = 2
@@ -41,3 +42,8 @@ def build_toy(cfg: DataConfig) -> TranslationData:
         test_source=sample_source(cfg.n_test, test),
         test_target=sample_target(cfg.n_test, test),
     )
+
+
+# The target's density in closed form, for the scores that need one (mode weights, NLL).
+COMPONENT_WEIGHTS = torch.tensor([0.5, 0.5])
+TARGET_MIXTURE = UnitGaussianMixture(means=COMPONENT_MEANS.double().numpy(), weights=COMPONENT_WEIGHTS.double().numpy())
