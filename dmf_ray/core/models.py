@@ -2,8 +2,9 @@
 
 ``residual`` (latent translation, the identity at initialisation), ``noise`` (the toy's
 noise -> samples), ``icnn`` (the OFM baseline's map x -> grad Psi(x)) and ``particles`` (one
-free vector per train source row: the particle system DMF's equations are written for). Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone rebuilds
-its model and loading never unpickles anything.
+free vector per train source row: the particle system DMF's equations are written for).
+Checkpoints are safetensors files whose metadata holds the JSON config, so a file alone
+rebuilds its model and loading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class GeneratorConfig:
         if self.kind == "icnn" and self.layer_norm:
             raise ConfigError("layer_norm", "an icnn generator has no LayerNorm (it would break convexity)")
         if self.n_particles is not None and self.kind != "particles":
-            raise ConfigError("n_particles", f"only a particles generator has particles (kind {self.kind!r}), got {self.n_particles}")
+            raise ConfigError("n_particles", f"only a particles generator has them (kind {self.kind!r}), got {self.n_particles}")
         return self
 
     @property
@@ -156,8 +157,9 @@ class ICNN(nn.Module):
     unconstrained. Convexity holds for *every* parameter value: CELU is convex and non-decreasing
     (and smooth, unlike ReLU, so grad Psi has the Hessian OFM's loss uses), the z-path weights
     are non-negative through a softplus (not the paper code's clamp after each step, which a
-    training loop could forget), the rest are convex quadratics and affine terms. ALPHA/2 ||x||^2 makes Psi ALPHA-strongly convex, so the OFM inner problem
-    stays strongly convex even at t = 1 and the map is invertible.
+    training loop could forget), the rest are convex quadratics and affine terms. ALPHA/2 ||x||^2
+    makes Psi ALPHA-strongly convex, so the OFM inner problem stays strongly convex even at
+    t = 1 and the map is invertible.
 
     Initialisation: B = sqrt(1 - ALPHA) I, c = 0, and a z-path of small non-negative weights, so
     Psi(x) ~ ||x||^2 / 2 and the map starts close to (not exactly at) the identity. The affine

@@ -304,7 +304,8 @@ def _true_pairs(sample_true: TrueSampler | Features, n: int, repeats: int, seed:
         raise ValueError(f"repeats must be >= 2 for a standard deviation, got {repeats}")
     if callable(sample_true):
         generator = torch.Generator().manual_seed(seed)
-        return [(_as_features(sample_true(n, generator), "x"), _as_features(sample_true(n, generator), "y")) for _ in range(repeats)]
+        draws = [_as_features(sample_true(n, generator), "sample_true") for _ in range(2 * repeats)]
+        return list(zip(draws[::2], draws[1::2]))
     pool = _as_features(sample_true, "sample_true")
     if 2 * n > pool.shape[0]:
         raise ValueError(f"n = {n}: a pool of {pool.shape[0]} rows holds no two disjoint subsets of n rows")
@@ -327,8 +328,7 @@ def noise_floor(
     or ``Gaussian.sample``) or a finite pool (e.g. a test target split), split into two disjoint
     random subsets per repeat. A one-sample score (:func:`mixture_nll`) ignores the second.
     """
-    values = np.array([metric_fn(x, y) for x, y in _true_pairs(sample_true, n, repeats, seed)])
-    return float(values.mean()), float(values.std(ddof=1))
+    return _mean_std([metric_fn(x, y) for x, y in _true_pairs(sample_true, n, repeats, seed)])
 
 
 def noise_floors(
@@ -342,7 +342,11 @@ def noise_floors(
     """:func:`noise_floor` of every score :func:`distribution_scores` returns, from the same
     pairs of true samples and with the same row caps as an evaluation of n mapped rows."""
     runs = [distribution_scores(x, y, mixture, with_kid, seed) for x, y in _true_pairs(sample_true, n, repeats, seed)]
-    return {name: (float(np.mean([r[name] for r in runs])), float(np.std([r[name] for r in runs], ddof=1))) for name in runs[0]}
+    return {name: _mean_std([run[name] for run in runs]) for name in runs[0]}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1))
 
 
 def distribution_scores(
