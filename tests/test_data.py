@@ -17,11 +17,12 @@ import torch
 
 from dmf_ray.data import BUILDERS, DATASET_NAMES, DIRECTIONS, DataConfig, TranslationData, load_dataset
 from dmf_ray.data import ffhq_alae, gaussian_ot, synthetic, toy
+from dmf_ray.data.base import BatchSampler
 from dmf_ray.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ffhq_alae"
-POOLS = ("train_source", "train_target", "test_source", "test_target")
+POOLS = ("train_source", "train_target", "val_source", "val_target", "test_source", "test_target")
 SYN_ROWS, SYN_DIM = 1400, 16
 
 
@@ -45,15 +46,17 @@ def test_same_seed_same_pools_other_seed_other_pools(name: str) -> None:
     for pool in POOLS:
         assert torch.equal(getattr(first, pool), getattr(again, pool))
         assert not torch.equal(getattr(first, pool), getattr(other, pool))
-    # Train and test come from independent streams, not the same draws.
+    # Train, validation and test come from independent streams, not the same draws.
     assert not torch.equal(first.train_source[:500], first.test_source)
+    assert not torch.equal(first.val_source, first.test_source)
+    assert not torch.equal(first.train_source[:500], first.val_source)
 
 
 @pytest.mark.parametrize(("name", "dim"), [("toy", 2), ("gaussian-ot", 4)])
 def test_pool_shapes_and_dtypes(name: str, dim: int) -> None:
     data = load_dataset(small(name))
     assert (data.name, data.dim) == (name, dim)
-    for pool, rows in zip(POOLS, (2000, 2000, 500, 500)):
+    for pool, rows in zip(POOLS, (2000, 2000, 500, 500, 500, 500)):
         tensor = getattr(data, pool)
         assert tensor.dtype == torch.float32 and tensor.shape == (rows, dim)
         assert torch.isfinite(tensor).all()
@@ -62,22 +65,50 @@ def test_pool_shapes_and_dtypes(name: str, dim: int) -> None:
 def test_batches_are_deterministic_and_indexed() -> None:
     data = load_dataset(small("toy"))
     for draw, pool in ((data.source_batch, data.train_source), (data.target_batch, data.train_target)):
-        indices, samples = draw(64, torch.Generator().manual_seed(7))
-        again_indices, again_samples = draw(64, torch.Generator().manual_seed(7))
+        indices, samples = draw(64, BatchSampler(seed=7), 3)
+        again_indices, again_samples = draw(64, BatchSampler(seed=7), 3)
         assert indices.dtype == torch.int64 and indices.shape == (64,)
         assert samples.shape == (64, 2)
         assert torch.equal(samples, pool[indices])
         assert torch.equal(indices, again_indices) and torch.equal(samples, again_samples)
-        other_indices, _ = draw(64, torch.Generator().manual_seed(8))
-        assert not torch.equal(indices, other_indices)
+        assert not torch.equal(indices, draw(64, BatchSampler(seed=8), 3)[0])
+        assert not torch.equal(indices, draw(64, BatchSampler(seed=7), 4)[0])
+    # Source and target orders are independent streams, not the same permutation.
+    assert not torch.equal(data.source_batch(64, BatchSampler(seed=7), 0)[0], data.target_batch(64, BatchSampler(seed=7), 0)[0])
+
+
+def test_an_epoch_visits_every_row_once_and_batches_hold_no_twins() -> None:
+    sampler, pool_size, n = BatchSampler(seed=1), 1000, 96  # 10 batches an epoch, 40 rows dropped
+    epoch = [sampler.indices(pool_size, n, step, stream=10) for step in range(10)]
+    seen = torch.cat(epoch)
+    assert all(len(set(batch.tolist())) == n for batch in epoch)
+    assert len(set(seen.tolist())) == seen.numel() == 960 and int(seen.max()) < pool_size
+    # The next epoch is a fresh permutation.
+    assert not torch.equal(sampler.indices(pool_size, n, 10, 10), epoch[0])
+
+
+def test_ranks_take_disjoint_slices_of_one_global_batch() -> None:
+    world, n, pool_size = 4, 50, 1000
+    for step in (0, 3, 7):  # 5 global batches per epoch: step 7 is in the second epoch
+        shards = [BatchSampler(seed=2, rank=r, world=world).indices(pool_size, n, step, 10) for r in range(world)]
+        rows = torch.cat(shards)
+        assert len(set(rows.tolist())) == world * n
+
+
+def test_a_batch_larger_than_the_pool_repeats_each_row_at_most_ceil_times() -> None:
+    indices = BatchSampler(seed=0).indices(pool_size=100, n=250, step=5, stream=11)
+    counts = torch.bincount(indices, minlength=100)
+    assert indices.numel() == 250 and int(counts.max()) <= 3 and int((counts > 0).sum()) == 100
 
 
 def test_translation_data_rejects_malformed_pools() -> None:
     good = torch.zeros(3, 2)
     with pytest.raises(ValueError, match="test_target"):
-        TranslationData("x", 2, good, good, good, torch.zeros(3, 2, dtype=torch.float64))
+        TranslationData("x", 2, good, good, good, good, good, torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="val_source"):
+        TranslationData("x", 2, good, good, torch.zeros(0, 2), good, good, good)
     with pytest.raises(ValueError, match="train_source"):
-        TranslationData("x", 2, torch.zeros(3, 5), good, good, good)
+        TranslationData("x", 2, torch.zeros(3, 5), good, good, good, good, good)
 
 
 # --- toy ------------------------------------------------------------------------------------
@@ -200,13 +231,14 @@ def test_ffhq_loads_each_direction(synthetic_folder: Path, direction: str) -> No
     source_group, target_group = ffhq_alae.DIRECTION_GROUPS[direction]
     boundary = ffhq_alae.train_rows(SYN_ROWS)
     assert boundary == 1200 and ffhq_alae.train_rows(70_000) == 60_000
+    assert ffhq_alae.default_val_rows(SYN_ROWS) == 100 and ffhq_alae.default_val_rows(70_000) == 5000
+    bounds = {"train": (0, 1100), "val": (1100, 1200), "test": (1200, SYN_ROWS)}
     assert data.name == "ffhq-alae" and data.dim == SYN_DIM
-    for split in ("train", "test"):
+    for split, (low, high) in bounds.items():
         selected = ffhq_alae.select_rows(age, gender, direction, split)  # type: ignore[arg-type]
         source_rows, target_rows = selected
         assert not set(source_rows) & set(target_rows)
-        in_split = source_rows < boundary if split == "train" else source_rows >= boundary
-        assert in_split.all()
+        assert ((source_rows >= low) & (source_rows < high)).all() and ((target_rows >= low) & (target_rows < high)).all()
         assert GROUP_OF[source_group](age, gender)[source_rows].all()
         assert GROUP_OF[target_group](age, gender)[target_rows].all()
         assert torch.equal(getattr(data, f"{split}_source"), torch.from_numpy(latents[source_rows]))
@@ -291,9 +323,10 @@ def test_real_labels_give_the_protocol_counts() -> None:
     gender = ffhq_alae.read_gender(REAL_LABELS / "gender.npy", 70_000)
     counts = {
         split: tuple(len(r) for r in ffhq_alae.select_rows(age, gender, "adult2child", split, 70_000))
-        for split in ("train", "test")
+        for split in ("train", "val", "test")
     }
-    assert counts == {"train": (48786, 10762), "test": (8104, 1819)}
+    # Validation (rows 55000..59999) is cut from the protocol's 60000 train rows; test is untouched.
+    assert counts == {"train": (44709, 9875), "val": (4077, 887), "test": (8104, 1819)}
     flipped = ffhq_alae.select_rows(age, gender, "child2adult", "test")
     assert (len(flipped[0]), len(flipped[1])) == (1819, 8104)
 

@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
+from dmf_ray.data.base import BatchSampler
 from dmf_ray.trainer.engine import build_state, train, train_step
 
 _SCALAR_READS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select", "aten::equal"}
@@ -101,7 +102,7 @@ def test_loop_reads_the_device_only_at_evaluations(monkeypatch: pytest.MonkeyPat
     """Over a whole run the loop reads the device twice per evaluation (loss, drift RMS), never per step."""
     import dmf_ray.trainer.engine as engine
 
-    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: {"fd": 1.0})  # scoring may sync
+    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: {"val_fd": 1.0})  # scoring may sync
     cfg = load_train_config(None, {"steps": 12, "eval_every": 6, "batch_size": 64, "data.n_train": 400,
                                    "data.n_test": 100})
     data = load_dataset(cfg.data)
@@ -118,18 +119,18 @@ def _small_task():
 
 def test_indices_come_back_on_the_host_and_index_the_pool() -> None:
     data = _small_task()
-    idx, rows = data.source_batch(32, torch.Generator().manual_seed(3))
+    idx, rows = data.source_batch(32, BatchSampler(seed=3), step=0)
     assert idx.device.type == "cpu"
     assert torch.equal(rows, data.train_source[idx])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: pools on the device")
 def test_batches_are_the_same_with_pools_on_the_host_or_the_device() -> None:
-    """The CPU generator draws the indices, so a seed gives the same batch whatever the pools' device."""
+    """The sampler draws the indices on the host, so a seed gives the same batch whatever the pools' device."""
     data = _small_task()
-    idx_cpu, rows_cpu = data.source_batch(32, torch.Generator().manual_seed(3))
+    idx_cpu, rows_cpu = data.source_batch(32, BatchSampler(seed=3), step=0)
     on_cuda = data.with_train_pools_on("cuda")
     assert on_cuda.train_source.device.type == "cuda"
-    idx_cuda, rows_cuda = on_cuda.source_batch(32, torch.Generator().manual_seed(3))
+    idx_cuda, rows_cuda = on_cuda.source_batch(32, BatchSampler(seed=3), step=0)
     assert idx_cuda.device.type == "cpu" and rows_cuda.device.type == "cuda"
     assert torch.equal(idx_cpu, idx_cuda) and torch.equal(rows_cpu, rows_cuda.cpu())

@@ -36,7 +36,7 @@ failed or fell out of distribution (every sample is kept here).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import pydantic.dataclasses
@@ -50,7 +50,16 @@ from dmf_ray.errors import ConfigError
 from dmf_ray.schema import SECTION, Bool, Fraction, PositiveInt
 
 if TYPE_CHECKING:
-    from dmf_ray.data.base import TranslationData
+    from dmf_ray.data.base import BatchSampler, TranslationData
+
+
+class SamplingState(Protocol):
+    """What a batch draw reads from the training state (the engine's TrainState has it)."""
+
+    sampler: BatchSampler
+    step: int
+    rng: torch.Generator
+
 
 IHVMethod = Literal["exact", "cg"]
 
@@ -223,12 +232,12 @@ def ofm_loss(
 
 
 def sample_batch(
-    data: TranslationData, batch_size: int, ofm_cfg: OFMConfig, rng: torch.Generator
+    data: TranslationData, batch_size: int, ofm_cfg: OFMConfig, state: SamplingState
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(x0, x1, t) on CPU: a source and a target batch (minibatch-OT paired if configured), t (N,)."""
-    _, x0 = data.source_batch(batch_size, rng)
-    _, x1 = data.target_batch(batch_size, rng)
+    """(x0, x1, t): a source and a target batch of the step (minibatch-OT paired if configured), t (N,)."""
+    _, x0 = data.source_batch(batch_size, state.sampler, state.step)
+    _, x1 = data.target_batch(batch_size, state.sampler, state.step)
     if ofm_cfg.ot_pairing:
         x1 = x1[minibatch_ot_pairing(x0, x1)]
-    t = ofm_cfg.t_min + (ofm_cfg.t_max - ofm_cfg.t_min) * torch.rand(batch_size, generator=rng)
+    t = ofm_cfg.t_min + (ofm_cfg.t_max - ofm_cfg.t_min) * torch.rand(batch_size, generator=state.rng)
     return x0, x1, t

@@ -8,7 +8,8 @@ A folder holds three row-aligned arrays:
 
 Protocol: the first ``round(N * 6/7)`` rows are train and the rest test -- exactly rows 0..59999
 and 60000..69999 for the real N = 70000; other N (e.g. synthetic folders) split in the same
-proportion. adult = age >= 18, child = age < 18, age == -1 dropped; man = "male",
+proportion. The last ``n_val`` train rows (default a twelfth: rows 55000..59999) are held out
+as validation, so sweeps choose on rows the reported test never sees. adult = age >= 18, child = age < 18, age == -1 dropped; man = "male",
 woman = "female", "" dropped. Every file is checked before use and each problem raises a
 one-line `DataError` that names the file.
 """
@@ -32,7 +33,7 @@ UNKNOWN_AGE = -1.0
 ADULT_AGE = 18.0
 GENDERS = ("male", "female", "")
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
 Group = Literal["adult", "child", "man", "woman"]
 DIRECTION_GROUPS: dict[str, tuple[Group, Group]] = {
     "adult2child": ("adult", "child"),
@@ -43,8 +44,13 @@ DIRECTION_GROUPS: dict[str, tuple[Group, Group]] = {
 
 
 def train_rows(n_rows: int) -> int:
-    """Rows [0, train_rows) are train, the rest test: round(n_rows * 6/7) = 60000 for 70000."""
+    """Rows [0, train_rows) are train and validation, the rest test: round(n_rows * 6/7) = 60000 for 70000."""
     return (6 * n_rows + 3) // 7
+
+
+def default_val_rows(n_rows: int) -> int:
+    """A twelfth of the train rows (5000 of the real 60000), at least one."""
+    return max(1, train_rows(n_rows) // 12)
 
 
 def _group_mask(group: Group, age: np.ndarray, gender: np.ndarray) -> np.ndarray:
@@ -61,11 +67,13 @@ def select_rows(
     direction: Direction,
     split: Split,
     n_rows: int | None = None,
+    n_val: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(source_rows, target_rows): sorted int64 row numbers of one split for one direction.
 
     On the label arrays alone -- age (N,) or (N, 1), gender (N,) -- so the protocol can be
-    checked against the real labels without the latents; `n_rows` (default N) fixes the split.
+    checked against the real labels without the latents; `n_rows` (default N) fixes the split
+    and `n_val` (default :func:`default_val_rows`) the validation rows cut from the train end.
     """
     age = np.asarray(age, dtype=np.float64).reshape(-1)
     gender = np.asarray(gender)
@@ -73,7 +81,10 @@ def select_rows(
     if age.shape[0] != n_rows or gender.shape != (n_rows,):
         raise ValueError(f"labels must have {n_rows} rows: age {age.shape}, gender {gender.shape}")
     row = np.arange(n_rows)
-    in_split = row < train_rows(n_rows) if split == "train" else row >= train_rows(n_rows)
+    val_start = train_rows(n_rows) - (default_val_rows(n_rows) if n_val is None else n_val)
+    bounds = {"train": (0, val_start), "val": (val_start, train_rows(n_rows)), "test": (train_rows(n_rows), n_rows)}
+    low, high = bounds[split]
+    in_split = (row >= low) & (row < high)
 
     def rows_of(group: Group) -> np.ndarray:
         return np.flatnonzero(in_split & _group_mask(group, age, gender)).astype(np.int64)
@@ -140,10 +151,12 @@ def build_ffhq_alae(cfg: DataConfig) -> TranslationData:
     age = read_age(folder / AGE_FILE, n_rows)
     gender = read_gender(folder / GENDER_FILE, n_rows)
     groups = DIRECTION_GROUPS[cfg.direction]
-    splits: tuple[Split, ...] = ("train", "test")
+    if cfg.n_val is not None and cfg.n_val >= train_rows(n_rows):
+        raise DataError(folder, f"data.n_val = {cfg.n_val} leaves no train rows (the folder has {train_rows(n_rows)})")
+    splits: tuple[Split, ...] = ("train", "val", "test")
     pools: dict[str, torch.Tensor] = {}
     for split in splits:
-        selected = select_rows(age, gender, cfg.direction, split, n_rows)
+        selected = select_rows(age, gender, cfg.direction, split, n_rows, cfg.n_val)
         for side, group, rows in zip(("source", "target"), groups, selected):
             if rows.size == 0:
                 raise DataError(folder, f"no {group} rows in the {split} split")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dmf_ray.data.base import TEST_STREAM, TRAIN_STREAM, DataConfig, TranslationData, stream_generator
+from dmf_ray.data.base import TEST_STREAM, TRAIN_STREAM, VAL_STREAM, DataConfig, TranslationData, stream_generator
 
 PROBLEM_STREAM = 2  # the stream that draws the means and covariances (see base.stream_generator)
 EIGENVALUE_RANGE = (0.25, 4.0)  # covariance eigenvalues are log-uniform in this range
@@ -90,14 +90,18 @@ def make_problem(dim: int, seed: int) -> tuple[Gaussian, Gaussian]:
 
 
 def build_gaussian_ot(cfg: DataConfig) -> TranslationData:
-    """Pools of `cfg.n_train` / `cfg.n_test` rows in dimension `cfg.dim`, with the exact `ot_map`."""
+    """Pools of `cfg.n_train` / `cfg.n_val` / `cfg.n_test` rows in dimension `cfg.dim`, with the
+    exact `ot_map`; one problem (means, covariances) per seed, sampled by independent streams."""
     source, target = make_problem(cfg.dim, cfg.seed)
     train, test = stream_generator(cfg.seed, TRAIN_STREAM), stream_generator(cfg.seed, TEST_STREAM)
+    val, n_val = stream_generator(cfg.seed, VAL_STREAM), cfg.n_val or cfg.n_test
     return TranslationData(
         name="gaussian-ot",
         dim=cfg.dim,
         train_source=source.sample(cfg.n_train, train),
         train_target=target.sample(cfg.n_train, train),
+        val_source=source.sample(n_val, val),
+        val_target=target.sample(n_val, val),
         test_source=source.sample(cfg.n_test, test),
         test_target=target.sample(cfg.n_test, test),
         ot_map=ot_map(source, target),

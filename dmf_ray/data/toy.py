@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from dmf_ray.eval.metrics import UnitGaussianMixture
-from dmf_ray.data.base import TEST_STREAM, TRAIN_STREAM, DataConfig, TranslationData, stream_generator
+from dmf_ray.data.base import TEST_STREAM, TRAIN_STREAM, VAL_STREAM, DataConfig, TranslationData, stream_generator
 
 DIM = 2
 COMPONENT_MEANS = torch.tensor([[0.0, 0.0], [3.0, 2.0]])
@@ -32,13 +32,16 @@ def sample_target(n: int, generator: torch.Generator) -> Tensor:
 
 
 def build_toy(cfg: DataConfig) -> TranslationData:
-    """Train pools of `cfg.n_train` and test pools of `cfg.n_test` rows, from independent streams."""
+    """Pools of `cfg.n_train`, `cfg.n_val` and `cfg.n_test` rows, from independent streams."""
     train, test = stream_generator(cfg.seed, TRAIN_STREAM), stream_generator(cfg.seed, TEST_STREAM)
+    val, n_val = stream_generator(cfg.seed, VAL_STREAM), cfg.n_val or cfg.n_test
     return TranslationData(
         name="toy",
         dim=DIM,
         train_source=sample_source(cfg.n_train, train),
         train_target=sample_target(cfg.n_train, train),
+        val_source=sample_source(n_val, val),
+        val_target=sample_target(n_val, val),
         test_source=sample_source(cfg.n_test, test),
         test_target=sample_target(cfg.n_test, test),
     )
