@@ -58,7 +58,7 @@ def fit_seconds(over: dict, workers: int, storage: Path) -> float:
 
 def tune_seconds(over: dict, storage: Path) -> float:
     spec = search_space_from_dict({
-        "metric": "fd", "mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": {"type": "none"},
+        "metric": "val_fd", "mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": {"type": "none"},
         "resources": {"workers": 1, "cpus_per_worker": CPUS, "gpus_per_worker": 0},
         "fixed": over, "params": {"seed": {"type": "categorical", "choices": [0]}},
     })

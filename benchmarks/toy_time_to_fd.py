@@ -31,7 +31,7 @@ def time_to_threshold(overrides: dict, threshold: float) -> tuple[int | None, fl
         for _ in range(min(cfg.eval_every, cfg.steps - state.step)):
             train_step(state, cfg, data)
         train_seconds += time.perf_counter() - start
-        fd = evaluate(state.model, data, cfg)["fd"]
+        fd = evaluate(state.model, data, cfg)["val_fd"]
         if hit_step is None and fd <= threshold:
             hit_step, hit_seconds = state.step, train_seconds
     return hit_step, hit_seconds, fd, train_seconds

@@ -44,14 +44,14 @@ def test_compare_tunes_trains_tabulates_and_tracks_every_method(tmp_path, tiny_o
     assert {m: len(rs) for m, rs in results.items()} == {"dm": 2, "sinkhorn": 2, "ofm": 2}
     assert all(r["steps"] == 4 and r["seconds"] > 0 for rs in results.values() for r in rs)
     for row, runs in zip(rows, results.values()):  # the table shows mean ± std of the runs' values
-        assert _mean_std([r["metrics"]["l2_uvp"] for r in runs]) in row.split(" | ")
+        assert _mean_std([r["metrics"]["test_l2_uvp"] for r in runs]) in row.split(" | ")
     for seed in (0, 1):  # DM and Sinkhorn start from x -> x (residual generator) and move towards the OT map
         cfg = load_train_config(None, {**sizes, "data.name": "gaussian-ot", "data.dim": 3, "model.kind": "residual",
                                        "seed": seed, "data.seed": seed})
-        identity = evaluate(build_state(cfg, load_dataset(cfg.data)).model, load_dataset(cfg.data), cfg)["l2_uvp"]
+        identity = evaluate(build_state(cfg, load_dataset(cfg.data)).model, load_dataset(cfg.data), cfg, split="test")["test_l2_uvp"]
         for method in ("dm", "sinkhorn"):
             (run,) = [r for r in results[method] if r["seed"] == seed]
-            assert run["metrics"]["l2_uvp"] < identity, (method, seed, identity)
+            assert run["metrics"]["test_l2_uvp"] < identity, (method, seed, identity)
     assert results["sinkhorn"][0]["setting"] in (0.05, 0.2) and results["ofm"][0]["setting"] is None
     for png in ("fd_by_method.png", "fd_curves.png", "samples.png"):
         assert (out / png).stat().st_size > 1000

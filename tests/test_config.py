@@ -304,7 +304,7 @@ def _space_error(change: dict[str, Any], params: dict[str, Any] | None = None) -
         ({"sampler": {"type": "random", "n_startup_trials": 3}}, None,
          "sampler.n_startup_trials: unknown key (known: seed, type)"),
         ({"resources": {"cpus_per_worker": 0}}, None, "resources.cpus_per_worker: must be >= 0.05, got 0"),
-        ({"metricz": "fd"}, None, "metricz: unknown key (known: fixed, max_concurrent, metric, mode, num_samples, "
+        ({"metricz": "val_fd"}, None, "metricz: unknown key (known: fixed, max_concurrent, metric, mode, num_samples, "
          "params, resources, sampler, scheduler)"),
     ],
 )
@@ -314,7 +314,7 @@ def test_search_space_messages(change: dict[str, Any], params: dict[str, Any] | 
 
 def test_search_space_defaults_and_discriminated_sections() -> None:
     spec = search_space_from_dict({"params": {"seed": {"type": "int", "low": 0, "high": 3}}})
-    assert (spec.metric, spec.mode, spec.num_samples, spec.max_concurrent) == ("fd", "min", 8, 2)
+    assert (spec.metric, spec.mode, spec.num_samples, spec.max_concurrent) == ("val_fd", "min", 8, 2)
     assert (spec.sampler.type, spec.sampler.n_startup_trials, spec.scheduler.type) == ("tpe", 10, "none")
     spec = search_space_from_dict({**SPACE, "sampler": {"seed": None}, "scheduler": {"type": "asha"}})
     assert spec.sampler.type == "tpe" and spec.sampler.seed is None  # type defaults to tpe

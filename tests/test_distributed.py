@@ -36,8 +36,9 @@ def _probe_one_step(config: dict) -> None:
     """Worker: one engine step with the all-gather hook; rank 0 reports global drift and weights."""
     cfg = load_train_config(None, config["overrides"])
     data = load_dataset(cfg.data)
-    rank = ray.train.get_context().get_world_rank()
-    state = build_state(cfg, data, rank=rank)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    state = build_state(cfg, data, rank=rank, world=ctx.get_world_size())
     state.model = ray.train.torch.prepare_model(state.model)
     stats = train_step(state, cfg, data, gather=all_gather_rows)
     drift_all, _ = all_gather_rows(stats.drift)  # this rank computed only its own rows
@@ -57,9 +58,9 @@ def _single_process_reference(overrides: dict, workers: int) -> tuple[torch.Tens
     data = load_dataset(cfg.data)
     sources, positives = [], []
     for rank in range(workers):
-        rng = build_state(cfg, data, rank=rank).rng
-        sources.append(data.source_batch(cfg.batch_size, rng)[1])
-        positives.append(data.target_batch(cfg.batch_size, rng)[1])
+        sampler = build_state(cfg, data, rank=rank, world=workers).sampler
+        sources.append(data.source_batch(cfg.batch_size, sampler, 0)[1])
+        positives.append(data.target_batch(cfg.batch_size, sampler, 0)[1])
     state = build_state(cfg, data)
     x = state.model(torch.cat(sources))
     result = drift_field(x.detach(), torch.cat(positives), None, cfg.drift)
@@ -102,7 +103,7 @@ def test_worker_loop_reports_metrics_with_safetensors_checkpoints(ray_session, t
         run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="loop"),
     )
     result = trainer.fit()
-    assert result.metrics["step"] == 4 and result.metrics["fd"] > 0
+    assert result.metrics["step"] == 4 and result.metrics["val_fd"] > 0
     with result.checkpoint.as_directory() as folder:
         tensors, meta = read_checkpoint(Path(folder) / CHECKPOINT_FILE)
         assert meta["step"] == 4 and (Path(folder) / GENERATOR_FILE).is_file()
@@ -116,5 +117,5 @@ def test_worker_loop_reports_metrics_with_safetensors_checkpoints(ray_session, t
         run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="loop-resumed"),
     ).fit()
     assert resumed.metrics["step"] == 4
-    assert resumed.metrics["fd"] == pytest.approx(result.metrics["fd"], rel=1e-5)
+    assert resumed.metrics["val_fd"] == pytest.approx(result.metrics["val_fd"], rel=1e-5)
     assert resumed.metrics["loss"] == pytest.approx(result.metrics["loss"], rel=1e-5)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from dmf_ray.trainer.checkpoint import restore_state, save_checkpoint
-from dmf_ray.trainer.config import load_train_config
+from dmf_ray.core.friction import FrictionConfig, gamma
+from dmf_ray.trainer.config import OptimConfig, load_train_config
 from dmf_ray.data import load_dataset
-from dmf_ray.trainer.engine import build_state, evaluate, train, train_step
+from dmf_ray.trainer.engine import _lr_lambda, build_state, evaluate, train, train_step
 from dmf_ray.errors import TrainingDiverged
 
 
@@ -22,9 +23,9 @@ def test_short_toy_run_improves_fd_tenfold() -> None:
                                    "data.n_train": 20000, "data.n_test": 5000})
     data = load_dataset(cfg.data)
     state = build_state(cfg, data)
-    fd_untrained = evaluate(state.model, data, cfg)["fd"]
+    fd_untrained = evaluate(state.model, data, cfg)["val_fd"]
     state = train(cfg, data, state)
-    fd_trained = state.history[-1]["fd"]
+    fd_trained = state.history[-1]["val_fd"]
     assert fd_trained * 10 <= fd_untrained, (fd_untrained, fd_trained)
 
 
@@ -70,11 +71,15 @@ def test_non_finite_weights_end_training_with_a_reason(tiny_overrides) -> None:
 def test_eval_callback_sees_every_evaluation_of_the_current_model(tiny_overrides) -> None:
     cfg = load_train_config(None, tiny_overrides)
     data = load_dataset(cfg.data)
-    untrained = evaluate(build_state(cfg, data).model, data, cfg)["fd"]
+    untrained = evaluate(build_state(cfg, data).model, data, cfg)["val_fd"]
     seen = []
-    train(cfg, data, on_eval=lambda s, rec: seen.append((s.step, rec["fd"], evaluate(s.model, data, cfg)["fd"])))
+    train(cfg, data, on_eval=lambda s, rec: seen.append((s.step, rec["val_fd"], evaluate(s.model, data, cfg)["val_fd"])))
     assert [step for step, _, _ in seen] == [10, 20]
     assert all(reported == now for _, reported, now in seen)  # the scores of the model at that step
+    # Evaluations score validation; the test split is scored once, at the last step.
+    history = train(cfg, data).history
+    assert not any(k.startswith("test_") for k in history[0]) and {"test_fd", "val_fd"} <= set(history[-1])
+    assert history[-1]["test_fd"] != history[-1]["val_fd"]
     fds = [untrained] + [fd for _, fd, _ in seen]
     assert fds == sorted(fds, reverse=True) and fds[-1] < 0.99 * untrained, fds  # training lowers FD
 
@@ -83,8 +88,19 @@ def test_gaussian_ot_run_reports_l2_uvp_below_the_identity_map(tiny_overrides) -
     cfg = load_train_config(None, {**tiny_overrides, "data.name": "gaussian-ot", "data.dim": 8, "model.kind": "residual"})
     data = load_dataset(cfg.data)
     identity = evaluate(build_state(cfg, data).model, data, cfg)  # a residual generator starts as x -> x
-    assert identity["transport_cost"] == 0.0 and identity["l2_uvp"] > 100  # worse than the target's mean
+    assert identity["val_transport_cost"] == 0.0 and identity["val_l2_uvp"] > 100  # worse than the target's mean
     state = train(cfg, data)
-    uvp = [h["l2_uvp"] for h in state.history]
-    assert uvp[0] > uvp[-1] and uvp[-1] < 0.95 * identity["l2_uvp"], (identity["l2_uvp"], uvp)
-    assert state.history[-1]["transport_cost"] > 0
+    uvp = [h["val_l2_uvp"] for h in state.history]
+    assert uvp[0] > uvp[-1] and uvp[-1] < 0.95 * identity["val_l2_uvp"], (identity["val_l2_uvp"], uvp)
+    assert state.history[-1]["val_transport_cost"] > 0
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_lr_annealing_controls_follow_the_friction_shape(shape: str) -> None:
+    """The DM + LR-decay controls scale the step size by 1 - gamma of the same-shaped friction."""
+    steps = 50
+    factor = _lr_lambda(OptimConfig(lr_schedule=shape), steps)
+    friction = FrictionConfig(schedule=shape)
+    values = [factor(i) for i in range(steps)]
+    assert values[0] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert values == pytest.approx([1 - gamma(friction, i, steps) for i in range(steps)], abs=1e-12)

@@ -31,7 +31,7 @@ FIXED = {**TINY, "steps": 200, "eval_every": 50}
 def write_space(path: Path, *, num_samples: int, workers: int = 1, cpus: float = 1, params: dict | None = None,
                 fixed: dict | None = None, scheduler: str = "none") -> Path:
     space = {
-        "metric": "fd", "mode": "min", "num_samples": num_samples, "max_concurrent": 2,
+        "metric": "val_fd", "mode": "min", "num_samples": num_samples, "max_concurrent": 2,
         "sampler": {"type": "random", "seed": 0},
         "scheduler": {"type": scheduler},
         "resources": {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": 0},
@@ -141,7 +141,8 @@ def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorde
     (run,) = trial_runs(out.plan)
     assert run.info.status == "FINISHED"
     client = mlflow.MlflowClient(out.plan.tracking_uri)
-    assert len(client.get_metric_history(run.info.run_id, "final_fd")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "final_val_fd")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "final_test_fd")) == 1
 
 
 def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path) -> None:

@@ -299,13 +299,13 @@ def test_ofm_through_the_trainer_cli_registry_and_inference(tmp_path, tiny_overr
     args = ["--out", str(out), "--no-progress", *(f"--set={k}={v}" for k, v in keys.items())]
     assert main(args) == 0
     final = json.loads((out / "metrics.json").read_text())
-    assert final["step"] == 8 and math.isfinite(final["l2_uvp"]) and final["train_seconds"] > 0
+    assert final["step"] == 8 and math.isfinite(final["test_l2_uvp"]) and final["train_seconds"] > 0
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     run_id = client.create_run(client.create_experiment("ofm")).info.run_id
     model_uri = log_generator(client, run_id, out / "generator.safetensors", dim=3)
-    outcome = register_if_champion(uri, model_uri, "ofm-gaussian", metric="l2_uvp", value=final["l2_uvp"], mode="min",
+    outcome = register_if_champion(uri, model_uri, "ofm-gaussian", metric="val_l2_uvp", value=final["val_l2_uvp"], mode="min",
                                    dataset="gaussian-ot/d3", sweep_id="ofm-test")
     assert outcome.became_champion
     x = np.random.default_rng(1).standard_normal((10, 3)).astype(np.float32)

@@ -173,7 +173,8 @@ def test_champion_moves_only_on_improvement(store, mode, values, moves) -> None:
             champion = res.version
         assert _champion(store, name) == champion
     tags = _versions_tags(store, name, "3")
-    assert tags == {"metric": "fd", "metric_value": repr(values[2]), "mode": mode, "dataset": "toy", "sweep_id": "sweep-3"}
+    assert tags == {"metric": "fd", "metric_value": repr(values[2]), "test_metric_value": "nan", "mode": mode, "dataset": "toy",
+                    "sweep_id": "sweep-3"}
 
 
 def test_champion_never_moves_across_datasets_or_metrics(store) -> None:

@@ -36,7 +36,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def valid_raw() -> dict[str, Any]:
     """A small valid spec that every invalid case below breaks in one place."""
     return {
-        "metric": "fd",
+        "metric": "val_fd",
         "mode": "min",
         "num_samples": 4,
         "max_concurrent": 2,
@@ -66,7 +66,7 @@ def test_valid_raw_loads_with_resolved_scheduler() -> None:
 @pytest.mark.parametrize("name", ["friction", "kernel", "full"])
 def test_shipped_spaces_load(name: str) -> None:
     spec = load_search_space(SPACES / f"{name}.yaml")
-    assert spec.metric == "fd" and spec.mode == "min"
+    assert spec.metric == "val_fd" and spec.mode == "min"
     assert spec.scheduler.type == "asha" and spec.scheduler.grace_period < spec.scheduler.max_t
     assert spec.params
 
@@ -114,7 +114,7 @@ def _add_param(name: str, body: dict) -> Callable[[dict], None]:
 
 INVALID: list[tuple[str, Callable[[dict], None], str, str]] = [
     # (id, mutation, expected field, text the message must contain)
-    ("unknown top-level key", _set("metrc", "fd"), "metrc", "unknown key"),
+    ("unknown top-level key", _set("metrc", "val_fd"), "metrc", "unknown key"),
     ("unknown param key", _set("params/friction.power/lo", 0.1), "params.friction.power.lo", "unknown key"),
     ("unknown sampler key", _set("sampler/n_startup", 3), "sampler.n_startup", "unknown key"),
     ("unknown scheduler key", _set("scheduler/grace", 3), "scheduler.grace", "unknown key"),
@@ -151,8 +151,9 @@ INVALID: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("sampler type", _set("sampler/type", "cmaes"), "sampler.type", "tpe"),
     ("random sampler has no startup", _set("sampler", {"type": "random", "n_startup_trials": 3}),
      "sampler.n_startup_trials", "unknown key"),
-    ("metric unknown", _set("metric", "accuracy"), "metric", "fd"),
-    ("kid without eval_kid", _set("metric", "kid"), "metric", "eval_kid"),
+    ("metric unknown", _set("metric", "accuracy"), "metric", "val_fd"),
+    ("metric on the test split", _set("metric", "test_fd"), "metric", "test-split score; a sweep chooses on validation (use 'val_fd')"),
+    ("kid without eval_kid", _set("metric", "val_kid"), "metric", "eval_kid"),
     ("mode", _set("mode", "minimise"), "mode", "min"),
     ("num_samples < 1", _set("num_samples", 0), "num_samples", ">= 1"),
     ("max_concurrent < 1", _set("max_concurrent", 0), "max_concurrent", ">= 1"),
@@ -254,7 +255,7 @@ def test_make_searcher_and_scheduler() -> None:
     spec = load_search_space(SPACES / "friction.yaml")
     searcher = make_searcher(spec)
     assert isinstance(searcher, OptunaSearch)
-    assert (searcher.metric, searcher.mode) == ("fd", "min")
+    assert (searcher.metric, searcher.mode) == ("val_fd", "min")
     config = searcher.suggest("trial-1")
     assert "friction.schedule" in config and not set(config) & set(spec.fixed)
     assert load_train_config(None, {**spec.fixed, **trial_overrides(spec, config)}).steps == spec.fixed["steps"]
@@ -264,23 +265,23 @@ def test_make_searcher_and_scheduler() -> None:
 
     # ASHA counts "step", minimises fd, first rung at grace_period 300, stops at max_t = steps.
     scheduler = make_scheduler(spec)
-    assert isinstance(scheduler, ASHAScheduler) and scheduler.metric == "fd"
+    assert isinstance(scheduler, ASHAScheduler) and scheduler.metric == "val_fd"
     good, bad, late = (SimpleNamespace(trial_id=t) for t in ("good", "bad", "late"))
     for trial in (good, bad, late):
         scheduler.on_trial_add(None, trial)
     on_result = scheduler.on_trial_result
-    assert on_result(None, good, {"step": 300, "fd": 1.0}) == TrialScheduler.CONTINUE
-    assert on_result(None, bad, {"step": 299, "fd": 9.0}) == TrialScheduler.CONTINUE  # before the rung
-    assert on_result(None, bad, {"step": 300, "fd": 2.0}) == TrialScheduler.STOP  # worse at the rung
-    assert on_result(None, late, {"step": 300, "fd": 0.5}) == TrialScheduler.CONTINUE  # better
-    assert on_result(None, late, {"step": spec.fixed["steps"], "fd": 0.1}) == TrialScheduler.STOP  # max_t
+    assert on_result(None, good, {"step": 300, "val_fd": 1.0}) == TrialScheduler.CONTINUE
+    assert on_result(None, bad, {"step": 299, "val_fd": 9.0}) == TrialScheduler.CONTINUE  # before the rung
+    assert on_result(None, bad, {"step": 300, "val_fd": 2.0}) == TrialScheduler.STOP  # worse at the rung
+    assert on_result(None, late, {"step": 300, "val_fd": 0.5}) == TrialScheduler.CONTINUE  # better
+    assert on_result(None, late, {"step": spec.fixed["steps"], "val_fd": 0.1}) == TrialScheduler.STOP  # max_t
 
     raw = valid_raw()
-    raw.update(metric="transport_cost", mode="max", sampler={"type": "random", "seed": 3}, scheduler={"type": "none"})
+    raw.update(metric="val_transport_cost", mode="max", sampler={"type": "random", "seed": 3}, scheduler={"type": "none"})
     other = search_space_from_dict(raw)
     assert make_scheduler(other) is None
     searcher = make_searcher(other)
-    assert (searcher.metric, searcher.mode) == ("transport_cost", "max")
+    assert (searcher.metric, searcher.mode) == ("val_transport_cost", "max")
     # type: random draws exactly what Optuna's RandomSampler(seed=3) draws over the same space.
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     expected = []

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
 
 TINY_SPACE = {
-    "metric": "fd",
+    "metric": "val_fd",
     "mode": "min",
     "num_samples": 3,
     "max_concurrent": 2,
@@ -66,9 +66,11 @@ def test_sweep_tracks_every_trial_once_under_one_parent(sweep) -> None:
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert finished, "at least one trial runs all its steps"
     run = finished[0]
-    assert "fd" in run.data.metrics and "final_fd" in run.data.metrics
-    history = client.get_metric_history(run.info.run_id, "fd")
+    assert {"val_fd", "final_val_fd", "final_test_fd"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "val_fd")
     assert sorted(m.step for m in history) == [20, 40]
+    # The test split is scored once, at the last step: nothing ranks by it along the way.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_fd")] == [40]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -81,17 +83,20 @@ def test_sweep_writes_top_trials_and_registers_a_champion(sweep) -> None:
     assert len(trials) == TINY_SPACE["num_samples"]
     header = (root / "store" / "tiny" / "top_trials.csv").read_text().splitlines()[0].split(",")
     searched = sorted({k for params in trials["params"] for k in params})
-    assert header == ["rank", "trial_id", "status", "step", "fd", *searched]
+    assert header == ["rank", "trial_id", "status", "step", "val_fd", "test_fd", *searched]
     assert {"friction.schedule", "drift.temperatures"} <= set(searched)
     assert (root / "store" / "tiny" / "top_trials.md").read_text().count("\n") == len(trials) + 2
     best = yaml.safe_load((root / "store" / "tiny" / "best_params.yaml").read_text())
-    assert best == out.best["params"] and best["drift.temperatures"] in ([0.2], [0.5])
+    chosen = plan.trial_config(out.best["config"])
+    assert best == {**out.best["params"], "seed": chosen.seed, "data.seed": chosen.data.seed}
+    assert best["drift.temperatures"] in ([0.2], [0.5])
     model_uri, outcome = out.registered
     assert outcome.became_champion
     client = mlflow.MlflowClient(plan.tracking_uri)
     version = client.get_model_version_by_alias(plan.model_name, "champion")
-    assert version.tags["dataset"] == "toy" and version.tags["metric"] == "fd"
-    assert float(version.tags["metric_value"]) == pytest.approx(out.best["fd"], rel=1e-6)
+    assert version.tags["dataset"] == "toy" and version.tags["metric"] == "val_fd"
+    assert float(version.tags["metric_value"]) == pytest.approx(out.best["val_fd"], rel=1e-6)
+    assert float(version.tags["test_metric_value"]) == pytest.approx(out.best["test_fd"], rel=1e-6)
 
 
 def test_trial_folders_are_named_by_trial_id(sweep) -> None:

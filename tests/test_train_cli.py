@@ -28,9 +28,9 @@ def test_train_writes_checkpoints_metrics_and_plots(tmp_path, capsys) -> None:
     for plot in ("samples", "friction", "metrics"):
         assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == PNG
     final = json.loads((out / "metrics.json").read_text())
-    assert final["step"] == 20 and final["fd"] > 0
+    assert final["step"] == 20 and final["val_fd"] > 0 and final["test_fd"] > 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["fd"] == pytest.approx(final["fd"], abs=1e-6)
+    assert printed["test_fd"] == pytest.approx(final["test_fd"], abs=1e-6)
 
 
 def test_resume_from_a_mid_run_checkpoint_reproduces_the_final_metrics(tmp_path) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 from dmf_ray.cli import ArgumentParser, check_output_folder, run_cli
 from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_mapping
 from dmf_ray.data import DataConfig, TranslationData, load_dataset
-from dmf_ray.trainer.engine import translate
+from dmf_ray.trainer.engine import serving_model, translate
 from dmf_ray.trainer.run import run_training
 from dmf_ray.errors import ConfigError, TrainingDiverged
 from dmf_ray.trainer.plots import plot_bars, plot_curves, plot_sample_panels
@@ -128,7 +128,7 @@ def run_once(cfg: TrainConfig, data: TranslationData, name: str, setting: float 
     seconds = time.perf_counter() - start
     final = {k: float(v) for k, v in state.history[-1].items() if k not in ("step", "gamma", "lr")}
     result = RunResult(name, setting, cfg.seed, final, seconds, state.step, state.history)
-    print(f"  {name:<13} setting={setting} seed={cfg.seed:<4d} FD={final.get('fd', math.nan):.5f} ({seconds:.0f} s)", flush=True)
+    print(f"  {name:<13} setting={setting} seed={cfg.seed:<4d} val FD={final.get('val_fd', math.nan):.5f} test FD={final.get('test_fd', math.nan):.5f} ({seconds:.0f} s)", flush=True)
     return result, (state, data)
 
 
@@ -145,13 +145,13 @@ def markdown_table(task_name: str, results: dict[str, list[RunResult]], chosen: 
     """Mean +- std over seeds of every task metric, wall time, steps, and the paper's figures."""
     task = TASKS[task_name]
     paper_keys = sorted({k for v in task.paper.values() for k in v})
-    head = ["Method", "tuned"] + [f"{m} (mean ± std)" for m in task.metrics] + ["train s", "steps", "failed"]
+    head = ["Method", "tuned"] + [f"test {m} (mean ± std)" for m in task.metrics] + ["train s", "steps", "failed"]
     head += [f"paper {k}" for k in paper_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, runs in results.items():
         ok = [r for r in runs if not r.failure]
         cells = [METHODS[name].label, "–" if chosen[name] is None else f"{chosen[name]:g}"]
-        cells += [_mean_std([r.metrics.get(m, math.nan) for r in ok]) for m in task.metrics]
+        cells += [_mean_std([r.metrics.get(f"test_{m}", math.nan) for r in ok]) for m in task.metrics]
         cells += [_mean_std([r.seconds for r in ok]), str(ok[0].steps) if ok else "–", f"{len(runs) - len(ok)}/{len(runs)}"]
         cells += [str(task.paper.get(name, {}).get(k, "–")) for k in paper_keys]
         lines.append("| " + " | ".join(cells) + " |")
@@ -162,7 +162,7 @@ def markdown_table(task_name: str, results: dict[str, list[RunResult]], chosen: 
         f"Shared settings: task {task_name}, {base_cfg.steps} steps, batch {base_cfg.batch_size}, "
         f"{base_cfg.model.kind} generator width {base_cfg.model.width} depth {base_cfg.model.depth} (OFM: an ICNN of the same size, batch 128 as in its paper), "
         f"{base_cfg.optim.name} lr {base_cfg.optim.lr:g}, evaluation on {base_cfg.eval_samples} held-out samples. "
-        f"'tuned' is the bandwidth (Sinkhorn: epsilon) each method picked by FD on the tuning seed"
+        f"'tuned' is the bandwidth (Sinkhorn: epsilon) each method picked by validation FD on the tuning seed; the table reports the test split"
         + (f" ({grid})." if grid else "."),
     ]
     return "\n".join(lines) + "\n"
@@ -283,7 +283,7 @@ def run(argv: Sequence[str] | None = None) -> str:
             continue
         print(f"Tuning {method.label} on seed {args.tune_seed}:", flush=True)
         scores = {s: tracked(method_config(base, method, s, args.tune_seed), name, s, "tune")[0] for s in grid}
-        tuning[name] = {s: r.metrics.get("fd", math.inf) for s, r in scores.items()}
+        tuning[name] = {s: r.metrics.get("val_fd", math.inf) for s, r in scores.items()}
         chosen[name] = min(tuning[name], key=lambda s: tuning[name][s] if math.isfinite(tuning[name][s]) else math.inf)
 
     print("Evaluation seeds:", flush=True)
@@ -296,9 +296,8 @@ def run(argv: Sequence[str] | None = None) -> str:
             results[name].append(result)
             if trained is not None and seed == args.seeds[0]:
                 state, data = trained
-                n = min(4000, data.test_source.shape[0])
-                mapped = translate(state.model, data.test_source[:n])
-                panels[f"{method.label}: FD {result.metrics.get('fd', math.nan):.4g}"] = (mapped, data.test_target[:n], None)
+                source, target = (pool[:4000] for pool in data.held_out("test"))
+                panels[f"{method.label}: test FD {result.metrics.get('test_fd', math.nan):.4g}"] = (translate(serving_model(state), source), target, None)
 
     table = markdown_table(args.task, results, chosen, tuning, base_cfg)
     figures = _figures(results, panels, out)
@@ -314,17 +313,17 @@ def run(argv: Sequence[str] | None = None) -> str:
 
 
 def _figures(results: dict[str, list[RunResult]], panels: dict[str, tuple[Any, Any, Any]], out: Path) -> dict[str, Path]:
-    """FD per method (bars with the seed spread), FD over training (mean over seeds), samples."""
+    """Test FD per method (bars with the seed spread), validation FD over training (mean over seeds), test samples."""
     ok = {m: [r for r in rs if not r.failure] for m, rs in results.items()}
-    fd = {METHODS[m].label: [r.metrics["fd"] for r in rs] for m, rs in ok.items() if rs}
-    figures = {"fd_by_method": plot_bars(fd, out / "fd_by_method.png", ylabel="held-out FD (mean ± std over seeds)")}
+    fd = {METHODS[m].label: [r.metrics["test_fd"] for r in rs] for m, rs in ok.items() if rs}
+    figures = {"fd_by_method": plot_bars(fd, out / "fd_by_method.png", ylabel="test FD (mean ± std over seeds)")}
     lengths = {len(rs[0].history) for rs in ok.values() if rs}
     if len(lengths) == 1:
         steps = next(rs[0].history for rs in ok.values() if rs)
-        curves = [{"step": h["step"], **{f"fd {METHODS[m].label}": statistics.fmean(r.history[i]["fd"] for r in rs)
+        curves = [{"step": h["step"], **{f"val FD {METHODS[m].label}": statistics.fmean(r.history[i]["val_fd"] for r in rs)
                                            for m, rs in ok.items() if rs}} for i, h in enumerate(steps)]
         figures["fd_curves"] = plot_curves(curves, [k for k in curves[0] if k != "step"], out / "fd_curves.png",
-                                           title="held-out FD, mean over seeds", overlay=True)
+                                           title="validation FD, mean over seeds", overlay=True)
     if panels:
         figures["samples"] = plot_sample_panels(panels, out / "samples.png")
     return figures

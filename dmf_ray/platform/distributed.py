@@ -37,16 +37,16 @@ from torch import Tensor
 from dmf_ray.trainer.checkpoint import restore_rank_state, restore_state, save_checkpoint, save_rank_state
 from dmf_ray.trainer.config import TrainConfig
 from dmf_ray.data import load_dataset
-from dmf_ray.trainer.engine import TrainState, build_state, generator_config, unwrap_model
+from dmf_ray.trainer.engine import TrainState, build_state, generator_config, serving_model
 from dmf_ray.trainer.run import run_training
 from dmf_ray.errors import TrainingDiverged
-from dmf_ray.eval.metrics import METRIC_NAMES
+from dmf_ray.eval.metrics import TEST_METRIC_NAMES, VAL_METRIC_NAMES
 from dmf_ray.core.models import save_generator
 
 CHECKPOINT_FILE = "state.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 HISTORY_FILE = "history.json"
-SCORE_KEYS = (*METRIC_NAMES, "loss", "drift_rms", "gamma", "lr")
+SCORE_KEYS = (*VAL_METRIC_NAMES, *TEST_METRIC_NAMES, "loss", "drift_rms", "gamma", "lr", "train_seconds")
 # Fault injection at a known point of the run, not at a moment of the clock: with this variable
 # naming a folder, each worker writes ``checkpointed_rank<r>`` (its pid) there after every
 # checkpoint it reports and waits, at most FAULT_GATE_WAIT_S, until a file ``release`` exists.
@@ -101,7 +101,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg: TrainConfig = loop_config["train"]
     data = load_dataset(cfg.data)
-    state = build_state(cfg, data, rank=rank)
+    state = build_state(cfg, data, rank=rank, world=world)
     resume_from = ray.train.get_checkpoint()
     if resume_from is None and loop_config.get("resume_from"):
         resume_from = ray.train.Checkpoint(loop_config["resume_from"])
@@ -131,7 +131,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         run_training(cfg, data, state, on_eval=report, gather=all_gather_rows if world > 1 else None, score=rank == 0)
     except TrainingDiverged as exc:
         # NaN scores: the searcher records a failed trial and the scheduler ignores it.
-        nan_scores = dict.fromkeys(METRIC_NAMES, math.nan)
+        nan_scores = dict.fromkeys(VAL_METRIC_NAMES, math.nan)
         ray.train.report({"step": state.step, **nan_scores, "diverged": 1.0, "reason": str(exc)} if rank == 0 else {})
 
 
@@ -163,5 +163,5 @@ def worker_nodes(world: int) -> str:
 def write_checkpoint_folder(folder: Path, state: TrainState, cfg: TrainConfig, dim: int) -> None:
     """Full training state, the bare generator weights and the metric history in one folder."""
     save_checkpoint(folder / CHECKPOINT_FILE, state, cfg)
-    save_generator(unwrap_model(state.model), generator_config(cfg, dim), folder / GENERATOR_FILE)
+    save_generator(serving_model(state), generator_config(cfg, dim), folder / GENERATOR_FILE)
     (folder / HISTORY_FILE).write_text(json.dumps(state.history))

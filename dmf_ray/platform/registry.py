@@ -178,8 +178,13 @@ def register_if_champion(
     mode: Literal["min", "max"],
     dataset: str,
     sweep_id: str,
+    test_value: float = math.nan,
 ) -> RegistrationResult:
-    """Register ``model_uri`` as a new version of ``name``; move ``champion`` per the module rule."""
+    """Register ``model_uri`` as a new version of ``name``; move ``champion`` per the module rule.
+
+    ``metric`` (a validation score) is what the champion is chosen by; ``test_value``, the same
+    score on the test split, is tagged beside it (``test_metric_value``) for reports and never
+    compared."""
     if mode not in ("min", "max"):
         raise ConfigError("mode", f"must be 'min' or 'max', got {mode!r}")
     if not name:
@@ -195,6 +200,7 @@ def register_if_champion(
     tags = {
         "metric": metric,
         "metric_value": repr(value),
+        "test_metric_value": repr(float(test_value)),
         "mode": mode,
         "dataset": dataset,
         "sweep_id": sweep_id,

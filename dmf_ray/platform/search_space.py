@@ -30,8 +30,8 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator,
 from pydantic.dataclasses import dataclass
 
 from dmf_ray.errors import ConfigError
-from dmf_ray.eval.metrics import METRIC_NAMES
-from dmf_ray.schema import SECTION, Bool, Float, Int, PositiveFloat, PositiveInt, validate
+from dmf_ray.eval.metrics import TEST_METRIC_NAMES, VAL_METRIC_NAMES
+from dmf_ray.schema import SECTION, Bool, Float, Int, PositiveFloat, PositiveInt, Str, validate
 from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_mapping
 
 if TYPE_CHECKING:  # imported lazily at run time (Ray is slow to import)
@@ -253,7 +253,7 @@ class SearchSpec:
     """A validated sweep (README.md, "Search-space files"); ``params`` keeps the file's order."""
 
     params: Annotated[dict[str, Param], Field(min_length=1)]
-    metric: Literal[METRIC_NAMES] = "fd"  # type: ignore[valid-type]
+    metric: Str = "val_fd"
     mode: Literal["min", "max"] = "min"
     num_samples: PositiveInt = 8
     max_concurrent: PositiveInt = 2
@@ -261,6 +261,17 @@ class SearchSpec:
     scheduler: Scheduler = field(default_factory=NoScheduler)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     fixed: dict[str, Any] = field(default_factory=dict)
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, metric: str) -> str:
+        # A sweep, ASHA and the champion choose by this metric: choosing on test rows would
+        # report a selection-biased score as a held-out one.
+        if metric in TEST_METRIC_NAMES:
+            raise ValueError(f"{metric!r} is a test-split score; a sweep chooses on validation (use {'val_' + metric[5:]!r})")
+        if metric not in VAL_METRIC_NAMES:
+            raise ValueError(f"must be a validation metric, one of {list(VAL_METRIC_NAMES)}, got {metric!r}")
+        return metric
 
     @field_validator("params", "fixed", mode="before")
     @classmethod
@@ -371,9 +382,9 @@ def _check_against_train_config(spec: SearchSpec) -> TrainConfig:
 
 
 def _metric_missing(cfg: TrainConfig, metric: str) -> str:
-    if metric == "kid" and not cfg.eval_kid:
+    if metric == "val_kid" and not cfg.eval_kid:
         return "KID is computed only with eval_kid: true (set fixed.eval_kid: true)"
-    if metric == "l2_uvp" and cfg.data.name != "gaussian-ot":
+    if metric == "val_l2_uvp" and cfg.data.name != "gaussian-ot":
         return "L2-UVP needs the known OT map of data.name: gaussian-ot"
     return ""
 

@@ -248,8 +248,8 @@ class MLflowSweepCallback(tune.Callback):
             history = json.loads((Path(folder) / HISTORY_FILE).read_text())
             model, _ = load_generator(Path(folder) / GENERATOR_FILE)
             data = self._dataset(cfg.data)
-            n = min(4000, data.test_source.shape[0])
-            samples = (translate(model, data.test_source[:n]), data.test_target[:n])
+            source, target = data.held_out("val")
+            samples = (translate(model, source[:4000]), target[:4000])
             figures = figures_for_run(history, cfg.friction, cfg.steps, samples, Path(folder) / "plots")
             self.tracker.log_figures(run_id, figures)
 
@@ -351,16 +351,26 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
 
 
 def summary_table(plan: SweepPlan, trials: pd.DataFrame) -> pd.DataFrame:
-    """rank, trial id, status, step, metric, then every searched param (blank where not suggested)."""
+    """rank, trial id, status, step, the (validation) metric ranked by, the same metric on the
+    test split beside it (scored once, at a trial's last step; never ranked by), then every
+    searched param (blank where not suggested)."""
     params = pd.DataFrame(list(trials["params"]), dtype=object)
+    test_metric = on_test_split(plan.spec.metric)
+    test_values = trials[test_metric] if test_metric in trials else pd.Series(math.nan, index=trials.index)
     table = pd.DataFrame({
         "rank": range(1, len(trials) + 1),
         "trial_id": trials["trial_id"],
         "status": trials["status"],
         "step": trials["step"],
         plan.spec.metric: [f"{v:.6g}" for v in trials[plan.spec.metric].astype(float)],
+        test_metric: [f"{v:.6g}" for v in test_values.astype(float)],
     })
     return table.join(params[sorted(params.columns)].fillna(""))
+
+
+def on_test_split(val_metric: str) -> str:
+    """``val_fd`` -> ``test_fd``: the reported twin of a validation metric."""
+    return "test_" + val_metric.removeprefix("val_")
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -368,9 +378,13 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]) + "\n"
 
 
-def write_summary(table: pd.DataFrame, best: pd.Series | None, out_dir: Path) -> tuple[Path, Path, Path | None]:
+def write_summary(
+    table: pd.DataFrame, best: pd.Series | None, out_dir: Path, seeds: Mapping[str, int] | None = None
+) -> tuple[Path, Path, Path | None]:
     """top_trials.csv, top_trials.md and (None if no trial finished) best_params.yaml: the best
-    trial's searched keys, as ``experiments.compare --searched`` and ``train --config`` take them."""
+    trial's searched keys, as ``experiments.compare --searched`` and ``train --config`` take them,
+    with the ``seeds`` (``seed``, ``data.seed``) it was chosen on, so an evaluation of the
+    searched schedule can refuse them (a result re-scored on its selection seed is biased)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "top_trials.csv", out_dir / "top_trials.md"
     table.to_csv(csv_path, index=False)
@@ -378,7 +392,7 @@ def write_summary(table: pd.DataFrame, best: pd.Series | None, out_dir: Path) ->
     if best is None:
         return csv_path, md_path, None
     best_path = out_dir / "best_params.yaml"
-    best_path.write_text(yaml.safe_dump(best["params"], sort_keys=False))
+    best_path.write_text(yaml.safe_dump({**best["params"], **(seeds or {})}, sort_keys=False))
     return csv_path, md_path, best_path
 
 
@@ -421,7 +435,7 @@ def register_best(plan: SweepPlan, trials: pd.DataFrame, tracker: SweepTracker) 
         model_uri = log_generator(plan.tracking_uri, run_id, weights, gen_cfg.dim)
     result = register_if_champion(
         plan.tracking_uri, model_uri, plan.model_name, plan.spec.metric, float(best[plan.spec.metric]),
-        plan.spec.mode, plan.dataset, plan.name,
+        plan.spec.mode, plan.dataset, plan.name, test_value=float(best.get(on_test_split(plan.spec.metric), math.nan)),
     )
     return Registered(model_uri, result)
 
@@ -468,7 +482,11 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     table = summary_table(plan, trials)
     best = best_trial(trials)
     out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
-    csv_path, md_path, best_params = write_summary(table, best, out_dir)
+    chosen_on = None
+    if best is not None:
+        chosen = plan.trial_config(best["config"])
+        chosen_on = {"seed": chosen.seed, "data.seed": chosen.data.seed}
+    csv_path, md_path, best_params = write_summary(table, best, out_dir, chosen_on)
     tracker = open_tracker(plan)
     closed = close_open_runs(plan, trials, tracker)
     registered = register_best(plan, trials, tracker)

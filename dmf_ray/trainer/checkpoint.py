@@ -42,6 +42,8 @@ def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig) -> Pa
         for key, value in entry.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors.update(_rank_tensors(state))
+    if state.ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in state.ema.state_dict().items()})
     meta = {
         "version": FORMAT_VERSION,
         "step": state.step,
@@ -93,6 +95,11 @@ def restore_state(state: TrainState, path: str | Path) -> TrainState:
     state.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
     state.scheduler.load_state_dict(meta["scheduler"])
     state.rng.set_state(tensors["rng"])
+    if state.ema is not None:
+        ema_sd = {k[len("ema.") :]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+        if not ema_sd:
+            raise DataError(path, "has no EMA weights but the config sets optim.ema_decay")
+        state.ema.load_state_dict(ema_sd, strict=True)
     if state.velocity is not None:
         if "velocity" not in tensors:
             raise DataError(path, "has no velocity buffer but the config uses a second-order friction")

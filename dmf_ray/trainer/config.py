@@ -37,7 +37,13 @@ class OptimConfig:
     weight_decay: Annotated[Float, Field(ge=0)] = 0.0
     grad_clip: PositiveFloat | None = None
     warmup_steps: Annotated[Int, Field(ge=0)] = 0
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # linear / cosine anneal to 0 at the last step: the LR-decay controls for friction, which under
+    # Adam acts like a decaying step size (compare's dm-lr-linear / dm-lr-cosine rows).
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    # Exponential moving average of the generator's weights (the released Drifting recipe uses
+    # 0.999); when set, evaluation, checkpoints' generator, the registry and inference use the
+    # averaged weights -- the control that asks whether friction does more than averaging does.
+    ema_decay: Annotated[Float, Field(ge=0, lt=1)] | None = None
 
     @field_validator("betas")
     @classmethod

@@ -23,11 +23,12 @@ from typing import Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dmf_ray.core import ofm
 from dmf_ray.eval import metrics
 from dmf_ray.trainer.config import OptimConfig, TrainConfig
-from dmf_ray.data.base import TranslationData, stream_generator
+from dmf_ray.data.base import BatchSampler, Split, TranslationData, stream_generator
 from dmf_ray.core.drift import RowShard, target_loss
 from dmf_ray.errors import TrainingDiverged
 from dmf_ray.core.families import family_drift, sharp_potential
@@ -44,7 +45,7 @@ class Gather(Protocol):
     def __call__(self, local: Tensor) -> tuple[Tensor, RowShard]: ...
 
 
-ImageScorer = Callable[[Tensor], dict[str, float]]  # mapped latents -> image scores against the run's target
+ImageScorer = Callable[[Tensor, Split], dict[str, float]]  # mapped latents, split -> image scores against that split's target
 
 
 class ProgressReporter(Protocol):
@@ -63,7 +64,9 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     rng: torch.Generator
+    sampler: BatchSampler
     velocity: VelocityBuffer | None = None
+    ema: AveragedModel | None = None  # optim.ema_decay's average of the generator's weights
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -82,26 +85,37 @@ class StepStats:
 
 
 def generator_config(cfg: TrainConfig, dim: int) -> GeneratorConfig:
-    """The model section with the data dimension filled in (a residual map has no noise_dim)."""
-    return replace(cfg.model, dim=dim, noise_dim=cfg.model.noise_dim if cfg.model.kind == "noise" else None)
+    """The model section with the data dimension filled in (a residual map has no noise_dim;
+    particles are one per train source row, ``data.n_train`` of them)."""
+    kind = cfg.model.kind
+    return replace(
+        cfg.model, dim=dim, noise_dim=cfg.model.noise_dim if kind == "noise" else None,
+        n_particles=cfg.data.n_train if kind == "particles" else None,
+    )
 
 
-def build_state(cfg: TrainConfig, data: TranslationData, rank: int = 0) -> TrainState:
-    """Fresh model, optimiser, LR schedule, sampling RNG and (second/hybrid order) velocities.
+def build_state(cfg: TrainConfig, data: TranslationData, rank: int = 0, world: int = 1) -> TrainState:
+    """Fresh model, optimiser, LR schedule, batch sampler, RNG and (second/hybrid order) velocities.
 
-    Initial weights depend on ``cfg.seed`` alone, identical on every rank; each rank draws its
-    batches from its own stream (rank 0 keeps the single-process one).
+    Initial weights depend on ``cfg.seed`` alone, identical on every rank; each rank's batches
+    are its own slice of the global batch (:class:`~dmf_ray.data.base.BatchSampler`), and its
+    other draws (OFM's times) come from its own stream (rank 0 keeps the single-process one).
     """
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    model = build_generator(generator_config(cfg, data.dim)).to(device)
+    model = build_generator(generator_config(cfg, data.dim), data.train_source).to(device)
     optimizer = _make_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim, cfg.steps))
     rng = torch.Generator().manual_seed(cfg.seed) if rank == 0 else stream_generator(cfg.seed, _RANK_STREAM + rank)
     velocity = None
     if cfg.friction.order != "first":
         velocity = VelocityBuffer(data.train_source.shape[0], data.dim, device=device)
-    return TrainState(model=model, optimizer=optimizer, scheduler=scheduler, rng=rng, velocity=velocity)
+    sampler = BatchSampler(seed=cfg.seed, rank=rank, world=world)
+    ema = None
+    if cfg.optim.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    return TrainState(model=model, optimizer=optimizer, scheduler=scheduler, rng=rng, sampler=sampler,
+                      velocity=velocity, ema=ema)
 
 
 def _make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -113,15 +127,18 @@ def _make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def _lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """Linear warm-up, then constant or cosine decay to zero at the last step."""
+    """Linear warm-up, then constant, or a linear or cosine decay to zero at the last step (the
+    linear one is 1 - gamma of DMF's linear friction: the same shape applied to the step size)."""
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
 
@@ -130,8 +147,8 @@ def train_step(state: TrainState, cfg: TrainConfig, data: TranslationData, gathe
     """One optimiser step on a fresh batch; advances ``state`` in place."""
     device = torch.device(cfg.device)
     g = gamma(cfg.friction, state.step, cfg.steps)
-    idx, source = data.source_batch(cfg.batch_size, state.rng)
-    _, pos = data.target_batch(cfg.positives_per_step, state.rng)
+    idx, source = data.source_batch(cfg.batch_size, state.sampler, state.step)
+    _, pos = data.target_batch(cfg.positives_per_step, state.sampler, state.step)
     source, pos = source.to(device), pos.to(device)  # no-ops once the pools live on the device
 
     x = state.model(source)
@@ -165,7 +182,7 @@ def ofm_step(state: TrainState, cfg: TrainConfig, data: TranslationData, ofm_cfg
     """One OFM optimiser step (:mod:`dmf_ray.core.ofm`) on ``cfg.batch_size`` pairs (the pairing
     needs equal counts: ``pos_batch_size`` does not apply); ``drift`` is the velocity residual."""
     device = torch.device(cfg.device)
-    x0, x1, t = (v.to(device, non_blocking=True) for v in ofm.sample_batch(data, cfg.batch_size, ofm_cfg, state.rng))
+    x0, x1, t = (v.to(device, non_blocking=True) for v in ofm.sample_batch(data, cfg.batch_size, ofm_cfg, state))
     x_t = (1.0 - t)[:, None] * x0 + t[:, None] * x1
     icnn = unwrap_model(state.model)
     z0 = ofm.invert_map(icnn, x_t, t, ofm_cfg.inner_iterations)
@@ -175,12 +192,14 @@ def ofm_step(state: TrainState, cfg: TrainConfig, data: TranslationData, ofm_cfg
 
 
 def apply_update(state: TrainState, cfg: TrainConfig, loss: Tensor) -> None:
-    """The optimiser tail every step shares: backprop ``loss``, clip, step optimiser and LR schedule."""
+    """The optimiser tail every step shares: backprop ``loss``, clip, step optimiser, EMA and LR schedule."""
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip is not None:
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
     state.optimizer.step()
+    if state.ema is not None:
+        state.ema.update_parameters(unwrap_model(state.model))
     state.scheduler.step()
     state.step += 1
 
@@ -199,19 +218,28 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def evaluate(model: nn.Module, data: TranslationData, cfg: TrainConfig, image_scorer: ImageScorer | None = None) -> dict[str, float]:
-    """Held-out scores (:func:`dmf_ray.eval.metrics.evaluate_translation`, plus the image scorer's);
-    TrainingDiverged if the generator's outputs are not finite."""
-    n = min(cfg.eval_samples, data.test_source.shape[0])
-    source = data.test_source[:n]
+def serving_model(state: TrainState) -> nn.Module:
+    """The generator a run is judged and shipped by: the EMA weights when ``optim.ema_decay`` is
+    set (evaluations, the exported generator, the registry and inference), else the trained one."""
+    return state.ema.module if state.ema is not None else unwrap_model(state.model)
+
+
+def evaluate(
+    model: nn.Module, data: TranslationData, cfg: TrainConfig, image_scorer: ImageScorer | None = None, split: Split = "val"
+) -> dict[str, float]:
+    """Scores on one held-out split (:func:`dmf_ray.eval.metrics.evaluate_translation`, plus the
+    image scorer's), named ``<split>_<metric>`` (``val_fd``, ``test_fd``) so a validation score
+    is never mistaken for a test one; TrainingDiverged if the generator's outputs are not finite."""
+    pool_source, pool_target = data.held_out(split)
+    source = pool_source[: cfg.eval_samples]
     mapped = translate(unwrap_model(model), source, cfg.device)
     if not torch.isfinite(mapped).all():
         raise TrainingDiverged("generator produced non-finite samples")
-    target = data.test_target[: cfg.eval_samples]
+    target = pool_target[: cfg.eval_samples]
     scores = metrics.evaluate_translation(source, mapped, target, ot_map=data.ot_map, with_kid=cfg.eval_kid, seed=cfg.seed)
     if image_scorer is not None:
-        scores.update(image_scorer(mapped))
-    return scores
+        scores.update(image_scorer(mapped, split))
+    return {f"{split}_{name}": value for name, value in scores.items()}
 
 
 EvalCallback = Callable[[TrainState, dict[str, float]], None]
@@ -230,8 +258,10 @@ def train(
 ) -> TrainState:
     """Run (or continue) training to ``cfg.steps``; evaluate every ``cfg.eval_every`` steps.
 
-    Each evaluation appends ``{step, loss, drift_rms, gamma, lr, train_seconds, <metrics>}`` to
-    ``state.history`` and calls ``on_eval(state, record)``; ``score=False`` (ranks other than 0)
+    Each evaluation appends ``{step, loss, drift_rms, gamma, lr, train_seconds, val_<metric>...}``
+    to ``state.history`` and calls ``on_eval(state, record)``; the last one (step ``cfg.steps``)
+    also scores the test split once (``test_<metric>``), which nothing upstream may choose
+    by. ``score=False`` (ranks other than 0)
     skips the metrics but not the callback, so every rank reports in step. A non-finite loss or
     sample raises TrainingDiverged. ``image_scorer`` and ``progress`` come from the caller
     (:func:`dmf_ray.trainer.run.run_training`), so this loop imports no CLIP, Inception or tqdm.
@@ -261,11 +291,13 @@ def train(
                 "gamma": stats.gamma,
                 "lr": state.scheduler.get_last_lr()[0],
                 "train_seconds": train_seconds,  # wall time in training steps, evaluations excluded
-                **(evaluate(state.model, data, cfg, image_scorer) if score else {}),
+                **(evaluate(serving_model(state), data, cfg, image_scorer) if score else {}),
             }
+            if score and state.step == cfg.steps:
+                record.update(evaluate(serving_model(state), data, cfg, image_scorer, split="test"))
             state.history.append(record)
             if score:
-                shown["fd"] = f"{record['fd']:.4g}"
+                shown["val_fd"] = f"{record['val_fd']:.4g}"
             if progress is not None:
                 progress.evaluated(shown)
             if on_eval is not None:

@@ -22,7 +22,7 @@ from dmf_ray.core.friction import FrictionConfig, schedule_values  # noqa: E402
 
 _MAX_POINTS = 4000
 # Curves drawn first (at most 8 per figure), then any other numeric key of the history.
-_CURVE_PRIORITY = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "drift_norm", "gamma")
+_CURVE_PRIORITY = ("val_fd", "val_kid", "val_energy", "val_l2_uvp", "val_transport_cost", "loss", "drift_norm", "gamma")
 
 
 def as_float(value: Any) -> float | None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from torch import Tensor
+
 from tqdm.auto import tqdm
 
-from dmf_ray.data.base import TranslationData
+from dmf_ray.data.base import Split, TranslationData
 from dmf_ray.eval.image_metrics import build_image_scorer
 from dmf_ray.trainer.config import TrainConfig
-from dmf_ray.trainer.engine import EvalCallback, Gather, TrainState, train
+from dmf_ray.trainer.engine import EvalCallback, Gather, ImageScorer, TrainState, train
 
 
 class TqdmProgress:
@@ -46,13 +48,26 @@ def run_training(
     """:func:`~dmf_ray.trainer.engine.train` with the run's image scorer and an optional bar.
 
     The scorer (``cfg.eval``: decoder, CLIP and/or Inception weights) loads its weights and embeds
-    the held-out target once, before any step; ranks that do not score (``score=False``) skip it.
+    the validation and the test target once each, before any step, so missing weights fail
+    first; ranks that do not score (``score=False``) skip it.
     """
-    target = data.test_target[: cfg.eval_samples]
-    scorer = build_image_scorer(cfg.eval, target, cfg.device) if score else None
+    scorer = split_image_scorer(cfg, data) if score else None
     bar = TqdmProgress(cfg.steps, state.step if state is not None else 0) if progress else None
     try:
         return train(cfg, data, state, on_eval=on_eval, gather=gather, image_scorer=scorer, progress=bar, score=score)
     finally:
         if bar is not None:
             bar.close()
+
+
+def split_image_scorer(cfg: TrainConfig, data: TranslationData) -> ImageScorer | None:
+    """Image scores against the split being evaluated (validation during training, test at the
+    end), or None when ``cfg.eval`` names no decoder."""
+    val, test = (build_image_scorer(cfg.eval, data.held_out(split)[1], cfg.device) for split in ("val", "test"))
+    if val is None or test is None:
+        return None
+
+    def score(mapped: Tensor, split: Split) -> dict[str, float]:
+        return (val if split == "val" else test)(mapped)
+
+    return score

@@ -15,11 +15,11 @@ from dmf_ray.core.models import save_generator
 from dmf_ray.data import TranslationData
 from dmf_ray.trainer.checkpoint import checkpoint_name, save_checkpoint
 from dmf_ray.trainer.config import TrainConfig
-from dmf_ray.trainer.engine import TrainState, generator_config, translate
+from dmf_ray.trainer.engine import TrainState, generator_config, serving_model, translate
 from dmf_ray.trainer.plots import plot_curves, plot_samples, plot_schedule
 from dmf_ray.trainer.run import run_training
 
-CURVE_KEYS = ("fd", "kid", "l2_uvp", "transport_cost", "loss", "gamma")
+CURVE_KEYS = ("val_fd", "val_kid", "val_energy", "val_l2_uvp", "val_transport_cost", "loss", "gamma")
 
 
 class RunWriter:
@@ -41,15 +41,15 @@ class RunWriter:
         plot_curves(state.history, CURVE_KEYS, self.out / "plots" / "metrics.png", title=self.cfg.data.name)
 
     def finish(self, state: TrainState) -> dict[str, float]:
-        save_generator(state.model, generator_config(self.cfg, self.data.dim), self.out / "generator.safetensors")
+        save_generator(serving_model(state), generator_config(self.cfg, self.data.dim), self.out / "generator.safetensors")
         final = dict(state.history[-1])
         (self.out / "metrics.json").write_text(json.dumps(final, indent=1))
-        n = min(4000, self.data.test_source.shape[0])
-        mapped = translate(state.model, self.data.test_source[:n], self.cfg.device)
+        source, target = (pool[:4000] for pool in self.data.held_out("test"))
+        mapped = translate(serving_model(state), source, self.cfg.device)
         plot_samples(
-            mapped, self.data.test_target[:n], self.out / "plots" / "samples.png",
-            source=self.data.test_source[:n] if self.data.name != "toy" else None,
-            title=f"{self.data.name}: step {state.step}, FD {final['fd']:.4g}",
+            mapped, target, self.out / "plots" / "samples.png",
+            source=source if self.data.name != "toy" else None,
+            title=f"{self.data.name}: step {state.step}, test FD {final.get('test_fd', float('nan')):.4g}",
         )
         return final
 
