@@ -104,3 +104,15 @@ def test_lr_annealing_controls_follow_the_friction_shape(shape: str) -> None:
     values = [factor(i) for i in range(steps)]
     assert values[0] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
     assert values == pytest.approx([1 - gamma(friction, i, steps) for i in range(steps)], abs=1e-12)
+
+
+def test_toy_evaluations_see_the_modes_and_gaussian_ot_has_no_density(tiny_overrides) -> None:
+    """The toy's known mixture density gives mode-weight error and NLL; other tasks have none."""
+    cfg = load_train_config(None, tiny_overrides)
+    data = load_dataset(cfg.data)
+    scores = evaluate(build_state(cfg, data).model, data, cfg)
+    assert {"val_fd", "val_energy", "val_mmd", "val_mode_weight_error", "val_nll"} <= set(scores)
+    cfg = load_train_config(None, {**tiny_overrides, "data.name": "gaussian-ot", "data.dim": 4, "model.kind": "residual"})
+    data = load_dataset(cfg.data)
+    scores = evaluate(build_state(cfg, data).model, data, cfg, split="test")
+    assert "test_l2_uvp" in scores and not {"test_mode_weight_error", "test_nll"} & set(scores)

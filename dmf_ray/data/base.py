@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from dmf_ray.errors import ConfigError
+from dmf_ray.eval.metrics import UnitGaussianMixture
 from dmf_ray.schema import SECTION, Int, PositiveInt, Str
 
 DatasetName = Literal["toy", "gaussian-ot", "ffhq-alae"]
@@ -102,7 +103,8 @@ class TranslationData:
     """A source -> target translation task: train/val/test pools of both sides, float32 (N, dim).
 
     `ot_map` is the ground-truth transport map (batched: (n, dim) -> (n, dim)) where it is known,
-    else None. `eq=False`: tensors have no single truth value, so identity is the only equality.
+    else None; `target_density` the target's density where it is known in closed form (the toy's
+    mixture), which the mode-weight error and the NLL need. `eq=False`: tensors have no single truth value, so identity is the only equality.
     """
 
     name: str
@@ -114,6 +116,7 @@ class TranslationData:
     test_source: Tensor
     test_target: Tensor
     ot_map: Callable[[Tensor], Tensor] | None = None
+    target_density: UnitGaussianMixture | None = None
 
     def __post_init__(self) -> None:
         # The builders construct this, so a violation is a programming error, not user input.

@@ -44,6 +44,7 @@ def build_toy(cfg: DataConfig) -> TranslationData:
         val_target=sample_target(n_val, val),
         test_source=sample_source(cfg.n_test, test),
         test_target=sample_target(cfg.n_test, test),
+        target_density=TARGET_MIXTURE,
     )
 
 

@@ -236,7 +236,8 @@ def evaluate(
     if not torch.isfinite(mapped).all():
         raise TrainingDiverged("generator produced non-finite samples")
     target = pool_target[: cfg.eval_samples]
-    scores = metrics.evaluate_translation(source, mapped, target, ot_map=data.ot_map, with_kid=cfg.eval_kid, seed=cfg.seed)
+    scores = metrics.evaluate_translation(source, mapped, target, ot_map=data.ot_map, with_kid=cfg.eval_kid, seed=cfg.seed,
+                                          mixture=data.target_density)
     if image_scorer is not None:
         scores.update(image_scorer(mapped, split))
     return {f"{split}_{name}": value for name, value in scores.items()}
