@@ -255,6 +255,10 @@ class SearchSpec:
     params: Annotated[dict[str, Param], Field(min_length=1)]
     metric: Str = "val_fd"
     mode: Literal["min", "max"] = "min"
+    # Multi-objective (e.g. [val_fd, train_seconds]): Optuna searches the Pareto front; ``metric``
+    # / ``mode`` default to the first objective, which ranks the table and picks the champion.
+    metrics: Annotated[list[Str], Field(min_length=2)] | None = None
+    modes: list[Literal["min", "max"]] | None = None
     num_samples: PositiveInt = 8
     max_concurrent: PositiveInt = 2
     sampler: Sampler = field(default_factory=TPESampler)
@@ -265,13 +269,43 @@ class SearchSpec:
     @field_validator("metric")
     @classmethod
     def _validation_metric(cls, metric: str) -> str:
-        # A sweep, ASHA and the champion choose by this metric: choosing on test rows would
-        # report a selection-biased score as a held-out one.
-        if metric in TEST_METRIC_NAMES:
-            raise ValueError(f"{metric!r} is a test-split score; a sweep chooses on validation (use {'val_' + metric[5:]!r})")
-        if metric not in VAL_METRIC_NAMES:
-            raise ValueError(f"must be a validation metric, one of {list(VAL_METRIC_NAMES)}, got {metric!r}")
-        return metric
+        return _objective(metric, allowed=VAL_METRIC_NAMES)
+
+    @field_validator("metrics")
+    @classmethod
+    def _validation_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        return None if metrics is None else [_objective(m, allowed=(*VAL_METRIC_NAMES, COST_OBJECTIVE)) for m in metrics]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective_ranks(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and isinstance(raw.get("metrics"), list) and raw["metrics"]:
+            modes = raw.get("modes") if isinstance(raw.get("modes"), list) else None
+            raw = {"metric": raw["metrics"][0], "mode": modes[0] if modes else "min", **raw}
+        return raw
+
+    @model_validator(mode="after")
+    def _objectives_agree(self) -> SearchSpec:
+        if self.metrics is None:
+            if self.modes is not None:
+                raise ConfigError("modes", "needs metrics (a list of objectives)")
+            return self
+        if self.modes is not None and len(self.modes) != len(self.metrics):
+            raise ConfigError("modes", f"must have one entry per metric ({len(self.metrics)}), got {len(self.modes)}")
+        if (self.metric, self.mode) != (self.metrics[0], self.objectives[1][0]):
+            raise ConfigError("metric", f"with metrics, metric/mode are the first objective ({self.metrics[0]}), got {self.metric}")
+        if not isinstance(self.scheduler, NoScheduler):
+            # ASHA would stop trials early, and a short trial's small train_seconds puts a
+            # half-trained model on the Pareto front.
+            raise ConfigError("scheduler.type", "a multi-objective sweep runs every trial to the end: use scheduler type none")
+        return self
+
+    @property
+    def objectives(self) -> tuple[list[str], list[str]]:
+        """(metrics, modes) Optuna optimises: one objective, or the ``metrics`` list."""
+        if self.metrics is None:
+            return [self.metric], [self.mode]
+        return list(self.metrics), list(self.modes or ["min"] * len(self.metrics))
 
     @field_validator("params", "fixed", mode="before")
     @classmethod
@@ -298,6 +332,19 @@ class SearchSpec:
                         raise ConfigError(f"params.{name}.when", f"{other}: {v!r} is not a value it can take ({takes})")
             earlier[name] = p
         return self
+
+
+COST_OBJECTIVE = "train_seconds"  # wall time in training steps: an objective, never a champion's metric
+
+
+def _objective(metric: str, allowed: tuple[str, ...]) -> str:
+    # A sweep, ASHA and the champion choose by these: choosing on test rows would report a
+    # selection-biased score as a held-out one.
+    if metric in TEST_METRIC_NAMES:
+        raise ValueError(f"{metric!r} is a test-split score; a sweep chooses on validation (use {'val_' + metric[5:]!r})")
+    if metric not in allowed:
+        raise ValueError(f"must be a validation metric, one of {list(allowed)}, got {metric!r}")
+    return metric
 
 
 def is_active(p: Any, chosen: Mapping[str, Any]) -> bool:
@@ -374,10 +421,11 @@ def _check_against_train_config(spec: SearchSpec) -> TrainConfig:
                 q = params[culprit]
                 shown = q.describe(culprit_option) if isinstance(q, CategoricalParam) else repr(culprit_option)
                 raise ConfigError(f"params.{culprit}.{culprit_key}", f"{shown} rejected by the training config: {exc}") from None
-            missing = _metric_missing(cfg, spec.metric)
-            if missing:
-                when = "" if _metric_missing(base, spec.metric) else f" when {name} = {option!r}"
-                raise ConfigError("metric", f"{spec.metric!r} is not reported{when}: {missing}")
+            for metric in spec.objectives[0]:
+                missing = _metric_missing(cfg, metric)
+                if missing:
+                    when = "" if _metric_missing(base, metric) else f" when {name} = {option!r}"
+                    raise ConfigError("metric", f"{metric!r} is not reported{when}: {missing}")
     return base
 
 
@@ -386,6 +434,8 @@ def _metric_missing(cfg: TrainConfig, metric: str) -> str:
         return "KID is computed only with eval_kid: true (set fixed.eval_kid: true)"
     if metric == "val_l2_uvp" and cfg.data.name != "gaussian-ot":
         return "L2-UVP needs the known OT map of data.name: gaussian-ot"
+    if metric in ("val_nll", "val_mode_weight_error") and cfg.data.name != "toy":
+        return "NLL and the mode-weight error need the known target density of data.name: toy"
     return ""
 
 
@@ -464,11 +514,17 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
 
 
-def make_searcher(spec: SearchSpec) -> OptunaSearch:
-    """Tune's OptunaSearch over :class:`DefineByRun` with the spec's metric, mode and sampler."""
+def make_searcher(spec: SearchSpec, storage: str | None = None, study_name: str | None = None) -> OptunaSearch:
+    """Tune's OptunaSearch over :class:`DefineByRun` with the spec's objectives and sampler; with
+    ``storage`` (an RDB URL, :mod:`dmf_ray.platform.study`) its study persists under ``study_name``."""
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(space=DefineByRun(spec), metric=spec.metric, mode=spec.mode, sampler=make_sampler(spec))
+    metrics, modes = spec.objectives
+    rdb = optuna.storages.RDBStorage(storage) if storage is not None else None
+    return OptunaSearch(space=DefineByRun(spec), metric=metrics if spec.metrics else metrics[0],
+                        mode=modes if spec.metrics else modes[0], sampler=make_sampler(spec),
+                        storage=rdb, study_name=study_name)
 
 
 def make_scheduler(spec: SearchSpec) -> ASHAScheduler | None:
