@@ -1,14 +1,17 @@
-"""A DMF sweep: Optuna suggests, Tune schedules, each trial fits its own Ray Train run, MLflow records.
+"""A DMF sweep: Optuna suggests, Tune schedules, each trial trains (itself or through Ray Train), MLflow records.
 
 :func:`run_sweep` is the whole sweep for a validated :class:`SweepPlan`: start Ray, fit the Tuner,
 rank the trials, write the summary files, close what a crashed driver left open, register the
 champion, return a :class:`SweepOutcome`. The CLI (:mod:`dmf_ray.tune`) only builds the plan and
 prints the outcome.
 
-Why this shape (Ray Train V2's Tune integration, docs.ray.io/en/latest/train/api/tune-integration.html):
-a Tune trial is a plain function that fits a ``TorchTrainer`` over
-:func:`dmf_ray.platform.distributed.worker_loop`; a ``TuneReportCallback`` forwards rank 0's reports
-so ASHA and Optuna see every evaluation. MLflow is written only on the driver, by
+Why this shape: a trial with one worker trains in the Tune trial's own process
+(:mod:`dmf_ray.platform.trial`; it holds the worker's resources), which saves Ray Train's
+controller and worker group per trial. A trial with several workers is a plain function that fits
+a ``TorchTrainer`` over :func:`dmf_ray.platform.distributed.worker_loop` (Ray Train V2's Tune
+integration, docs.ray.io/en/latest/train/api/tune-integration.html); a ``TuneReportCallback``
+forwards rank 0's reports. Both report the same keys and checkpoint folders at every evaluation,
+so ASHA and Optuna see each one. MLflow is written only on the driver, by
 :class:`MLflowSweepCallback` (why: :mod:`dmf_ray.platform.tracking`).
 
 One value's way from the YAML file to the training step, ``friction.schedule``:
@@ -19,10 +22,12 @@ One value's way from the YAML file to the training step, ``friction.schedule``:
    plan's fixed keys once with the trial's values
    (:func:`~dmf_ray.platform.search_space.trial_overrides`) and validates the trial's
    :class:`~dmf_ray.trainer.config.TrainConfig` once (pydantic, with the field declared in
-   :class:`~dmf_ray.core.friction.FrictionConfig`); that object is the TorchTrainer's
-   ``train_loop_config``;
-3. :mod:`dmf_ray.platform.distributed` (:func:`worker_loop`) trains that object as it came
-   (through :func:`dmf_ray.trainer.run.run_training`, which wires the scorer and passes it on);
+   :class:`~dmf_ray.core.friction.FrictionConfig`); that object goes to
+   :func:`~dmf_ray.platform.trial.train_in_trial` (one worker) or is the TorchTrainer's
+   ``train_loop_config`` (several);
+3. :mod:`dmf_ray.platform.distributed` (:func:`train_and_report`, in the trial or in each
+   :func:`worker_loop`) trains that object as it came (through
+   :func:`dmf_ray.trainer.run.run_training`, which wires the scorer and passes it on);
 4. :mod:`dmf_ray.trainer.engine` (``train_step``) asks ``gamma(cfg.friction, step, cfg.steps)``;
 5. :mod:`dmf_ray.core.friction` (``gamma``) evaluates the schedule.
 """
@@ -52,6 +57,7 @@ from dmf_ray.errors import ConfigError
 from dmf_ray.platform.distributed import FAULT_GATE_ENV, GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
 from dmf_ray.platform.registry import RegistrationResult, dataset_label, log_generator, register_if_champion
 from dmf_ray.platform.search_space import SearchSpec, make_scheduler, make_searcher, trial_overrides
+from dmf_ray.platform.trial import train_in_trial
 from dmf_ray.platform.tracking import SweepTracker
 from dmf_ray.trainer.config import TrainConfig, load_train_config
 from dmf_ray.trainer.engine import translate
@@ -60,7 +66,8 @@ from dmf_ray.trainer.plots import figures_for_run
 # Train V2's controller polls its workers every 2 s by default
 # (ray/train/v2/_internal/constants.py), which each ray.train.report then waits for.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
-TRIAL_CPU = 0.01  # the trial function only waits on its TorchTrainer; workers hold the CPUs
+TRIAL_CPU = 0.01  # a TorchTrainer trial's function only waits on its workers, which hold the CPUs
+CHECKPOINTS_KEPT = 2  # per trial, in-trial path (Train keeps its own two)
 TRAIN_RUNS = "train_runs"
 # Last-result keys every ranked trial has, reported or not.
 RESULT_COLUMNS = ("trial_id", "step", "checkpoint_path", "worker_nodes", "diverged")
@@ -80,6 +87,16 @@ class SweepPlan:
     model_name: str
     address: str | None = None  # Ray cluster to join; None starts a local Ray
     shared_storage: bool = False  # a local storage_path that every node mounts (NFS)
+    # A checkpoint at every checkpoint_every-th evaluation and the last (1: every evaluation,
+    # each one ASHA can stop at, so a stopped trial is scored and plotted at its last step).
+    checkpoint_every: int = 1
+    # False: a single-worker trial fits a 1-worker TorchTrainer as multi-worker trials do (the
+    # path comparison of tests/test_in_trial.py and benchmarks/sweep_overhead.py).
+    train_in_trial: bool = True
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every", f"must be >= 1 (evaluations), got {self.checkpoint_every}")
 
     @property
     def sweep_dir(self) -> str:
@@ -103,14 +120,39 @@ class SweepPlan:
     def trial_config(self, tune_config: Mapping[str, Any]) -> TrainConfig:
         return load_train_config(None, {**self.overrides(tune_config), "device": self.device})
 
+    @property
+    def trains_in_trial(self) -> bool:
+        """Whether each trial trains in its own process (one worker) rather than a TorchTrainer."""
+        return self.train_in_trial and self.spec.resources.workers == 1
+
+    @property
+    def trial_resources(self) -> dict[str, float]:
+        """What one Tune trial reserves: the worker's share in-trial, else the bookkeeping CPU."""
+        res = self.spec.resources
+        if self.trains_in_trial:
+            return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+        return {"cpu": TRIAL_CPU}
+
 
 def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
-    """One Tune trial: fit a data-parallel TorchTrainer on the trial's config, validated here once.
+    """One Tune trial on its config, validated here once: trained in this process
+    (:func:`~dmf_ray.platform.trial.train_in_trial`) when it has one worker, else by a
+    data-parallel TorchTrainer (:func:`fit_torch_trainer`).
 
     A diverged run (NaN/inf) ends normally after reporting ``diverged`` and its reason without
     the sweep metric: Optuna records the trial as pruned, MLflow as FAILED with the reason, and
-    the sweep goes on. Real failures (a lost node) raise and get one Tune retry.
+    the sweep goes on. Real failures (a lost node) raise and get one Tune retry, which resumes
+    from the trial's latest checkpoint.
     """
+    if plan.trains_in_trial:
+        train_in_trial(plan.trial_config(tune_config), plan.checkpoint_every)
+    else:
+        fit_torch_trainer(tune_config, plan)
+
+
+def fit_torch_trainer(tune_config: dict[str, Any], plan: SweepPlan) -> None:
+    """Fit the trial's TorchTrainer; its final result is kept in a file beside Train's run, so a
+    trial that finished before the driver died reports it again on resume instead of retraining."""
     trial_id = tune.get_context().get_trial_id()
     done = _final_result_path(plan, trial_id)
     previous = _read_json(done)
@@ -120,7 +162,7 @@ def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     res = plan.spec.resources
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"train": plan.trial_config(tune_config)},
+        train_loop_config={"train": plan.trial_config(tune_config), "checkpoint_every": plan.checkpoint_every},
         scaling_config=ScalingConfig(
             num_workers=res.workers,
             use_gpu=res.gpus_per_worker > 0,
@@ -222,7 +264,10 @@ class MLflowSweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not self._is_closed(trial):
-            self.close_trial(self.run_id(trial), trial.trial_id, trial.config, trial.last_result or {})
+            last = dict(trial.last_result or {})
+            if not last.get("checkpoint_path") and trial.checkpoint is not None:  # an in-trial trial's
+                last["checkpoint_path"] = trial.checkpoint.path
+            self.close_trial(self.run_id(trial), trial.trial_id, trial.config, last)
 
     def close_trial(self, run_id: str, trial_id: str, tune_config: Mapping[str, Any], last: Mapping[str, Any]) -> None:
         """End a trial's MLflow run from its last result: files, final metrics, status, reason."""
@@ -286,7 +331,7 @@ def sweep_params(plan: SweepPlan) -> dict[str, Any]:
 
 def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
     """A fresh Tuner, or the sweep's own restored from its storage folder."""
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), plan.trial_resources)
     if resume:
         return tune.Tuner.restore(plan.sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
     spec = plan.spec
@@ -298,12 +343,14 @@ def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
             num_samples=spec.num_samples,
             max_concurrent_trials=spec.max_concurrent,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # every trial asks for the same resources; FunctionTrainable.reset_config
         ),
         run_config=tune.RunConfig(
             name=plan.name,
             storage_path=plan.storage_path,
             callbacks=[MLflowSweepCallback(plan)],
             failure_config=tune.FailureConfig(max_failures=1),  # e.g. the trial's node was lost
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         ),
     )
 
@@ -339,6 +386,8 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
     if any(lost.values()):
         frame = frame.combine_first(pd.DataFrame.from_dict({t: m for t, m in lost.items() if m}, orient="index"))
     frame["trial_id"] = frame.index
+    frame["checkpoint_path"] = [path if isinstance(path, str) else _checkpoint_path(results[tid])
+                                for tid, path in frame["checkpoint_path"].items()]
     frame["step"] = frame["step"].fillna(0).astype(int)
     frame["status"] = ["ERROR" if results[tid].error else "DIVERGED" if diverged == 1 else "OK"
                        for tid, diverged in frame["diverged"].items()]
@@ -348,6 +397,11 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
     ranked = frame.sort_values(["failed", plan.spec.metric], ascending=[True, plan.spec.mode == "min"],
                                na_position="last")
     return ranked.drop(columns="failed").reset_index(drop=True)
+
+
+def _checkpoint_path(result: Any) -> str | None:
+    """The latest checkpoint Tune kept for a trial (in-trial trials report no ``checkpoint_path``)."""
+    return result.checkpoint.path if result.checkpoint is not None else None
 
 
 def summary_table(plan: SweepPlan, trials: pd.DataFrame) -> pd.DataFrame:
