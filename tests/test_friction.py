@@ -32,11 +32,13 @@ CONFIGS = [
     FrictionConfig(schedule="warmup_linear"),
     FrictionConfig(schedule="warmup_linear", warmup=0.0),
     FrictionConfig(schedule="warmup_linear", warmup=0.95),
+    FrictionConfig(schedule="table"),
+    FrictionConfig(schedule="table", breakpoints=[0.1, 0.5, 0.9], levels=[0.0, 0.3, 0.95]),
 ]
 
 
 def test_every_schedule_is_covered():
-    assert {c.schedule for c in CONFIGS} | {"none"} == set(SCHEDULES)
+    assert {c.schedule for c in CONFIGS} | {"none", "constant"} == set(SCHEDULES)
 
 
 @pytest.mark.parametrize("total", STEPS)
@@ -165,3 +167,13 @@ def test_velocity_buffer_state_dict_round_trip(tmp_path):
     state = buffer.state_dict()
     buffer.step(torch.tensor([1]), torch.ones(1, 3), 0.0, "second")
     assert torch.all(state["velocity"][1] == 0)
+
+
+def test_table_interpolates_its_knots_and_constant_holds_its_level():
+    cfg = FrictionConfig(schedule="table", breakpoints=(0.25, 0.5), levels=(0.2, 0.6))
+    values = schedule_values(cfg, 9)  # u = 0, 1/8, ..., 1
+    assert values == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0], abs=1e-12)
+    assert values[0] == 0.0 and values[-1] == 1.0
+    assert np.array_equal(schedule_values(FrictionConfig(schedule="constant", level=0.3), 5), np.full(5, 0.3))
+    with pytest.raises(ValueError, match="levels: must be non-decreasing"):
+        FrictionConfig(schedule="table", breakpoints=(0.25, 0.5), levels=(0.6, 0.2))  # not monotone

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import optuna
 import pytest
 
-from dmf_ray.trainer.config import load_train_config
+from dmf_ray.trainer.config import load_train_config, read_yaml_mapping
 from dmf_ray.errors import ConfigError, DataError
 from dmf_ray.platform.search_space import (
     SearchSpec,
@@ -23,6 +23,7 @@ from dmf_ray.platform.search_space import (
     load_search_space,
     make_scheduler,
     make_searcher,
+    population_space,
     search_space_from_dict,
     trial_overrides,
 )
@@ -318,3 +319,35 @@ def test_when_forms_for_list_and_numeric_params() -> None:
     raw["params"]["optim.lr"]["when"] = {"batch_size": [64, 100]}
     with pytest.raises(ConfigError, match=r"^params\.optim\.lr\.when: batch_size: 100"):
         search_space_from_dict(raw)
+
+
+@pytest.mark.parametrize("kind", ["pbt", "pb2"])
+def test_population_based_schedulers_perturb_the_friction_level(kind: str) -> None:
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    raw = read_yaml_mapping(SPACES / "friction_pbt.yaml")
+    raw["scheduler"]["type"] = kind
+    spec = search_space_from_dict(raw)
+    assert spec.scheduler.perturbation_interval == 100 and spec.fixed["friction.schedule"] == "constant"
+    scheduler = make_scheduler(spec)
+    assert isinstance(scheduler, PB2 if kind == "pb2" else PopulationBasedTraining) and scheduler.metric == "val_fd"
+    assert isinstance(make_searcher(spec), BasicVariantGenerator)  # Tune's PBT takes no search algorithm
+    space = population_space(spec)
+    assert set(space) == {"friction.level"} and 0.0 <= space["friction.level"].sample() <= 1.0
+    if kind == "pbt":  # PBT's x1.2 / x0.8 explore step stays inside the param's range
+        assert scheduler._custom_explore_fn({"friction.level": 1.15}) == {"friction.level": 1.0}
+
+
+@pytest.mark.parametrize(("change", "field", "problem"), [
+    ({"scheduler": {"type": "pbt", "mutate": ["optim.lr"]}}, "scheduler.mutate", "must be a float param"),
+    ({"scheduler": {"type": "pbt", "perturbation_interval": 150}}, "scheduler.perturbation_interval", "multiple of eval_every"),
+    ({"params": {"friction.level": {"type": "float", "low": 0.0, "high": 1.0, "when": {"friction.order": "first"}},
+                 "friction.order": {"type": "categorical", "choices": ["first"]}}}, "params.friction.level.when", None),
+])
+def test_population_based_sweeps_are_checked_at_load(change: dict, field: str, problem: str | None) -> None:
+    raw = {**read_yaml_mapping(SPACES / "friction_pbt.yaml"), **change}
+    with pytest.raises(ConfigError) as caught:
+        search_space_from_dict(raw)
+    assert caught.value.field == field and (problem is None or problem in caught.value.problem), caught.value

@@ -14,8 +14,10 @@ the step that lands each particle on its target, training is exactly eq. 12 / eq
 (tests/test_particles.py). For a network, :class:`VelocityBuffer` says what "v" becomes.
 
 Proposition 1 needs a non-decreasing schedule with gamma(0) = 0 and gamma(T-1) = 1, so every
-schedule here (except ``none``, plain DM) hits both end points exactly in floating point,
-without clipping. Each schedule is one function of the training fraction u = i / (T - 1), shared
+schedule here (except ``none``, plain DM, and ``constant``, the level a Population Based Training
+member holds between perturbations) hits both end points exactly in floating point, without
+clipping. ``table`` is a schedule learned elsewhere (PBT, :mod:`dmf_ray.platform.learned_schedule`):
+piecewise linear through (0, 0), the (breakpoint, level) pairs and (1, 1). Each schedule is one function of the training fraction u = i / (T - 1), shared
 by :func:`gamma` (one step, in the loop) and :func:`schedule_values` (all steps, for plots).
 """
 
@@ -73,6 +75,17 @@ def _warmup_linear(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
     return np.maximum(0.0, (u - cfg.warmup) / (1.0 - cfg.warmup))
 
 
+def _table(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    # np.interp returns the end values exactly at u = 0 and u = 1.
+    knots = np.concatenate(([0.0], np.asarray(cfg.breakpoints, dtype=np.float64), [1.0]))
+    values = np.concatenate(([0.0], np.asarray(cfg.levels, dtype=np.float64), [1.0]))
+    return np.interp(u, knots, values)
+
+
+def _constant(u: np.ndarray, cfg: FrictionConfig) -> np.ndarray:
+    return np.full_like(u, cfg.level)
+
+
 SCHEDULES: dict[str, Callable[[np.ndarray, "FrictionConfig"], np.ndarray]] = {
     "none": _none,
     "linear": _linear,
@@ -81,6 +94,8 @@ SCHEDULES: dict[str, Callable[[np.ndarray, "FrictionConfig"], np.ndarray]] = {
     "sigmoid": _sigmoid,
     "step": _step,
     "warmup_linear": _warmup_linear,
+    "table": _table,
+    "constant": _constant,
 }
 
 # Parameters that shape each schedule (used to describe a config in plot titles and logs).
@@ -89,10 +104,12 @@ _SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
     "sigmoid": ("midpoint", "steepness"),
     "step": ("breakpoints", "levels"),
     "warmup_linear": ("warmup",),
+    "table": ("breakpoints", "levels"),
+    "constant": ("level",),
 }
 
 
-Schedule = Literal["none", "linear", "cosine", "power", "sigmoid", "step", "warmup_linear"]
+Schedule = Literal["none", "linear", "cosine", "power", "sigmoid", "step", "warmup_linear", "table", "constant"]
 Order = Literal["first", "second", "hybrid"]
 UnitOpen = Annotated[Float, Field(gt=0, lt=1)]
 
@@ -113,6 +130,7 @@ class FrictionConfig:
     breakpoints: Annotated[tuple[UnitOpen, ...], Field(min_length=1)] = (0.5,)
     levels: tuple[Fraction, ...] = (0.5,)
     warmup: Annotated[Float, Field(ge=0, lt=1)] = 0.1
+    level: Fraction = 0.0  # ``constant``: the PBT member's gamma until the next perturbation
 
     @model_validator(mode="after")
     def _step_shape(self) -> FrictionConfig:

@@ -36,8 +36,8 @@ from dmf_ray.trainer.config import TrainConfig, load_train_config, read_yaml_map
 
 if TYPE_CHECKING:  # imported lazily at run time (Ray is slow to import)
     import optuna
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import SearchAlgorithm, Searcher
 
 # The Tune metric that ASHA counts in: the trainer reports "step" at every evaluation.
 TIME_ATTR = "step"
@@ -226,6 +226,22 @@ class NoScheduler:
     type: Literal["none"] = "none"
 
 
+@dataclass(frozen=True, config=SECTION)
+class PopulationBased:
+    """Population Based Training (``pbt``) or Bandits (``pb2``): every ``perturbation_interval``
+    training steps the bottom ``quantile_fraction`` of trials clone a top trial's checkpoint and
+    perturb the ``mutate`` params (float params of this space, kept within their bounds): PBT by
+    x0.8 / x1.2 or a fresh draw (``resample_probability``), PB2 by a GP bandit. Mutating
+    ``friction.level`` of ``friction.schedule: constant`` learns a friction schedule: the level
+    the best member held over time (:mod:`dmf_ray.platform.learned_schedule`)."""
+
+    type: Literal["pbt", "pb2"] = "pbt"
+    mutate: Annotated[tuple[Str, ...], Field(min_length=1)] = ("friction.level",)
+    perturbation_interval: PositiveInt | None = None  # default eval_every
+    quantile_fraction: Annotated[Float, Field(gt=0, le=0.5)] = 0.25
+    resample_probability: Annotated[Float, Field(ge=0, le=1)] = 0.25
+
+
 def _type_or(default: str) -> Any:
     """Discriminator whose tag is the ``type`` key, ``default`` when the section leaves it out."""
 
@@ -236,7 +252,8 @@ def _type_or(default: str) -> Any:
 
 
 Sampler = Annotated[Union[Annotated[TPESampler, Tag("tpe")], Annotated[RandomSampler, Tag("random")]], _type_or("tpe")]
-Scheduler = Annotated[Union[Annotated[ASHA, Tag("asha")], Annotated[NoScheduler, Tag("none")]], _type_or("none")]
+Scheduler = Annotated[Union[Annotated[ASHA, Tag("asha")], Annotated[NoScheduler, Tag("none")],
+                            Annotated[PopulationBased, Tag("pbt")], Annotated[PopulationBased, Tag("pb2")]], _type_or("none")]
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -298,6 +315,21 @@ class SearchSpec:
             # ASHA would stop trials early, and a short trial's small train_seconds puts a
             # half-trained model on the Pareto front.
             raise ConfigError("scheduler.type", "a multi-objective sweep runs every trial to the end: use scheduler type none")
+        return self
+
+    @model_validator(mode="after")
+    def _population_mutates_plain_floats(self) -> SearchSpec:
+        # Tune's PBT refuses a search algorithm, so its population is drawn from Tune domains:
+        # no ``when`` conditions; PBT perturbs floats by factors, so ``mutate`` names float params.
+        if not isinstance(self.scheduler, PopulationBased):
+            return self
+        for name, p in self.params.items():
+            if p.when:
+                raise ConfigError(f"params.{name}.when", f"a {self.scheduler.type} population is drawn without conditions")
+        for name in self.scheduler.mutate:
+            if not isinstance(self.params.get(name), FloatParam):
+                floats = [n for n, p in self.params.items() if isinstance(p, FloatParam)] or "none"
+                raise ConfigError("scheduler.mutate", f"{name!r} must be a float param of this space (float params: {floats})")
         return self
 
     @property
@@ -367,8 +399,14 @@ def search_space_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> Se
         raise ConfigError(exc.field, f"{exc.problem} (in {source})") from None
 
 
-def _resolve_scheduler(spec: SearchSpec, base: TrainConfig) -> ASHA | NoScheduler:
+def _resolve_scheduler(spec: SearchSpec, base: TrainConfig) -> ASHA | NoScheduler | PopulationBased:
     s = spec.scheduler
+    if isinstance(s, PopulationBased):
+        interval = s.perturbation_interval or base.eval_every
+        if interval % base.eval_every or interval >= base.steps:
+            raise ConfigError("scheduler.perturbation_interval",
+                              f"must be a multiple of eval_every = {base.eval_every} below steps = {base.steps}, got {interval}")
+        return replace(s, perturbation_interval=interval)
     if not isinstance(s, ASHA):
         return s
     steps = spec.params.get("steps")
@@ -514,11 +552,17 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
 
 
-def make_searcher(spec: SearchSpec, storage: str | None = None, study_name: str | None = None) -> OptunaSearch:
+def make_searcher(spec: SearchSpec, storage: str | None = None, study_name: str | None = None) -> SearchAlgorithm | Searcher:
     """Tune's OptunaSearch over :class:`DefineByRun` with the spec's objectives and sampler; with
-    ``storage`` (an RDB URL, :mod:`dmf_ray.platform.study`) its study persists under ``study_name``."""
+    ``storage`` (an RDB URL, :mod:`dmf_ray.platform.study`) its study persists under ``study_name``.
+    A PBT / PB2 sweep gets Tune's seeded random variant generator over :func:`population_space`
+    instead (pass that as the Tuner's ``param_space``): Tune's PBT refuses search algorithms."""
     import optuna
+    from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
+
+    if isinstance(spec.scheduler, PopulationBased):
+        return BasicVariantGenerator(random_state=spec.sampler.seed)
 
     metrics, modes = spec.objectives
     rdb = optuna.storages.RDBStorage(storage) if storage is not None else None
@@ -527,13 +571,63 @@ def make_searcher(spec: SearchSpec, storage: str | None = None, study_name: str 
                         storage=rdb, study_name=study_name)
 
 
-def make_scheduler(spec: SearchSpec) -> ASHAScheduler | None:
-    """ASHA counting training steps (``time_attr="step"``), or None for ``type: none``."""
+def make_scheduler(spec: SearchSpec) -> TrialScheduler | None:
+    """ASHA or PBT / PB2 counting training steps (``time_attr="step"``), or None for ``type: none``."""
     s = spec.scheduler
+    if isinstance(s, PopulationBased):
+        return _population_scheduler(spec, s)
     if not isinstance(s, ASHA):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr=TIME_ATTR, metric=spec.metric, mode=spec.mode, max_t=s.max_t,
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+@dataclass(frozen=True)
+class ClipToBounds:
+    """PBT's explore step multiplies a float by 0.8 or 1.2 without a bound; a level above 1 (or a
+    learning rate past the searched range) would fail the trial, so clip to the param's range."""
+
+    bounds: dict[str, tuple[float, float]]
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.bounds.items():
+            config[name] = min(max(float(config[name]), low), high)
+        return config
+
+
+def _population_scheduler(spec: SearchSpec, s: PopulationBased) -> TrialScheduler:
+    bounds = {name: (spec.params[name].low, spec.params[name].high) for name in s.mutate}
+    common = dict(time_attr=TIME_ATTR, metric=spec.metric, mode=spec.mode,
+                  perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction)
+    if s.type == "pb2":
+        from ray.tune.schedulers.pb2 import PB2
+
+        return PB2(**common, hyperparam_bounds={name: list(b) for name, b in bounds.items()})
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    space = population_space(spec)
+    return PopulationBasedTraining(**common, resample_probability=s.resample_probability,
+                                   hyperparam_mutations={name: space[name] for name in s.mutate},
+                                   custom_explore_fn=ClipToBounds(bounds))
+
+
+def population_space(spec: SearchSpec) -> dict[str, Any]:
+    """Tune domains of the params, the first population of a PBT / PB2 sweep (Tune's PBT takes
+    no search algorithm); the same values a trial's config holds under Optuna (labels for
+    labelled choices), so :func:`trial_overrides` reads both."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, p in spec.params.items():
+        if isinstance(p, CategoricalParam):
+            space[name] = tune.choice(list(p.options))
+        elif isinstance(p, IntParam):
+            space[name] = tune.lograndint(p.low, p.high + 1) if p.log else tune.qrandint(p.low, p.high, p.step or 1)
+        elif p.log:
+            space[name] = tune.loguniform(p.low, p.high)
+        else:
+            space[name] = tune.quniform(p.low, p.top, p.step) if p.step else tune.uniform(p.low, p.high)
+    return space
 
