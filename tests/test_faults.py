@@ -1,5 +1,12 @@
-"""Scale-out and resilience with real processes: multi-node placement, a killed Train worker, a
-killed sweep driver, a diverging trial. Slow; each test runs a small real sweep."""
+"""Scale-out and resilience with real processes: multi-node placement, a lost node, a killed Train
+worker, a killed sweep driver, a diverging trial. Slow; each test runs a small real sweep.
+
+Every fault is triggered from the training's own state, never from a race against the clock: with
+``FAULT_GATE_ENV`` set, each trial stops after every checkpoint at the fault gate
+(dmf_ray/platform/distributed.py), writing ``<gate>/<trial id>/checkpointed_rank<r>``, until the
+test writes ``release`` (all trials) or ``<trial id>/release`` (one). The test faults the parked
+trials, then opens the gate. The waits below poll for such states, bounded; pytest-timeout bounds
+each test."""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from dmf_ray.tune import main as tune_main  # noqa: E402
 from dmf_ray.tune import run as tune_run  # noqa: E402
 from tiny import TINY  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 FIXED = {**TINY, "steps": 200, "eval_every": 50}
 
@@ -48,7 +55,7 @@ def trial_runs(plan) -> list:
     return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
 
 
-def wait_for(predicate, timeout: float, poll: float = 0.5):
+def wait_for(predicate, timeout: float, poll: float = 0.1):
     """Poll until predicate() is truthy (bounded); returns its value or None."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -57,6 +64,21 @@ def wait_for(predicate, timeout: float, poll: float = 0.5):
             return value
         time.sleep(poll)
     return None
+
+
+def parked(gate: Path, count: int = 1) -> list[Path]:
+    """The rank-0 gate markers once ``count`` trials are parked at the gate (else empty)."""
+    markers = sorted(gate.glob("*/checkpointed_rank0"))
+    return markers if len(markers) >= count else []
+
+
+@pytest.fixture
+def gate(tmp_path, monkeypatch) -> Path:
+    """A fault-gate folder the sweep's trials stop at (the variable reaches the Ray workers)."""
+    folder = tmp_path / "gate"
+    folder.mkdir()
+    monkeypatch.setenv(FAULT_GATE_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -82,58 +104,52 @@ def test_train_workers_land_on_both_nodes_of_a_two_node_cluster(two_node_cluster
     assert set(row["worker_nodes"].split(",")) == node_ids
 
 
-def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, tmp_path) -> None:
+def test_sweep_completes_when_a_worker_node_is_removed(two_node_cluster, gate, tmp_path) -> None:
     cluster, worker = two_node_cluster
-    # 1.5 of 2 CPUs per trial: the two concurrent trials must run on different nodes. The
-    # worker node is removed once both have checkpointed, so one trial loses its workers
-    # mid-run; it must wait for the surviving node's CPUs, resume from its checkpoint, finish.
-    # (Which trial ran where is not asserted: Tune's per-trial result.json of a trial whose
-    # actor died with the node is not reliably synced to the storage path.)
-    space = write_space(tmp_path / "lose.yaml", num_samples=2, cpus=1.5, fixed={"steps": 2000, "eval_every": 100})
-    storage = tmp_path / "store"
+    # 1.5 of 2 CPUs per trial: the two concurrent trials run on different nodes. Once both are
+    # parked at the gate after their first checkpoint (neither can finish), the worker node is
+    # removed and the gate opened: the trial that lost its node must wait for the surviving
+    # node's CPUs, resume from its checkpoint and finish. (Which trial ran where is not asserted:
+    # Tune's per-trial result.json of a trial whose actor died with the node is not reliably
+    # synced to the storage path.)
+    space = write_space(tmp_path / "lose.yaml", num_samples=2, cpus=1.5, fixed={"steps": 300, "eval_every": 100})
     removed = []
 
-    def both_running() -> bool:
-        return len({p.parent for p in storage.glob("*/train_runs/*/checkpoint_*")}) >= 2
-
     def remove_node() -> None:
-        if wait_for(both_running, timeout=300):
+        if wait_for(lambda: parked(gate, 2), timeout=300):
             cluster.remove_node(worker)
             removed.append(True)
+        (gate / "release").write_text("")
 
     remover = threading.Thread(target=remove_node, daemon=True)
     remover.start()
-    out = tune_run(["--space", str(space), "--address", cluster.address, "--storage-path", str(storage),
+    out = tune_run(["--space", str(space), "--address", cluster.address, "--storage-path", str(tmp_path / "store"),
                     "--shared-storage", "--name", "lose"])
     remover.join(timeout=10)
-    assert removed, "the test never removed the node"
+    assert removed, "the two trials never both reached the fault gate"
     assert list(out.trials["status"]) == ["OK", "OK"]
-    assert list(out.trials["step"]) == [2000, 2000]
+    assert list(out.trials["step"]) == [300, 300]
     runs = trial_runs(out.plan)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorded_once(tmp_path, monkeypatch) -> None:
-    # The worker itself stops at the fault gate after its first checkpoint (distributed.py):
-    # it is killed there, never raced against the clock, then the gate opens for the retry.
-    space = write_space(tmp_path / "kill.yaml", num_samples=1, fixed={"steps": 400})
-    storage = tmp_path / "store"
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    monkeypatch.setenv(FAULT_GATE_ENV, str(gate))
+def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorded_once(gate, tmp_path) -> None:
+    # A 2-worker trial (the TorchTrainer path): rank 0 is killed while parked at the gate after
+    # its first checkpoint, then the gate opens for the restarted worker group.
+    space = write_space(tmp_path / "kill.yaml", num_samples=1, workers=2, fixed={"steps": 400})
     killed: list[int] = []
 
     def kill_one_worker() -> None:
-        marker = wait_for(lambda: next(gate.glob("checkpointed_rank0"), None), timeout=240)
-        if marker is not None:
-            pid = int(marker.read_text())
+        markers = wait_for(lambda: parked(gate), timeout=240)
+        if markers:
+            pid = int(markers[0].read_text())
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         (gate / "release").write_text("")
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    out = tune_run(["--space", str(space), "--storage-path", str(storage), "--name", "kill"])
+    out = tune_run(["--space", str(space), "--storage-path", str(tmp_path / "store"), "--name", "kill"])
     killer.join(timeout=10)
     assert killed, "the worker never reached the fault gate"
     row = out.trials.iloc[0]
@@ -166,27 +182,42 @@ def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path) -
 
 
 def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path) -> None:
+    # The driver's first two trials park at the gate after their first checkpoint; one is let
+    # through and finishes, the other stays parked (it cannot finish), then the driver is killed.
     space = write_space(tmp_path / "drv.yaml", num_samples=4, fixed={"steps": 150})
-    storage = tmp_path / "store"
+    storage, gate = tmp_path / "store", tmp_path / "gate"
+    gate.mkdir()
     args = ["--space", str(space), "--storage-path", str(storage), "--name", "drv"]
     driver = subprocess.Popen([sys.executable, "-m", "dmf_ray.tune", *args], start_new_session=True,
+                              env={**os.environ, FAULT_GATE_ENV: str(gate)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracking_uri = f"sqlite:///{storage / 'mlflow.db'}"
 
-    def some_trials_done():  # the trials' own markers: no reads of a store still being created
-        done = list(storage.glob("drv/train_runs/*/final_result.json"))
-        return done if 0 < len(done) < 4 else None
+    def finished_trials() -> list[str]:
+        client = mlflow.MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name("dmf-sweeps")
+        return [r.data.tags["dmf_ray.trial_id"] for r in client.search_runs([exp.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
 
+    done = None
     try:
-        marked = wait_for(some_trials_done, timeout=300, poll=0.5)
+        first_two = wait_for(lambda: parked(gate, 2), timeout=300)
+        if first_two:  # the store exists: the driver creates it before any trial starts
+            let_through = first_two[0].parent.name
+            (gate / let_through / "release").write_text("")
+            done = wait_for(lambda: let_through in finished_trials(), timeout=300)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-    assert marked, "no trial finished before the driver was killed"
-    client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    assert first_two, "the first two trials never reached the fault gate"
+    assert done, "the released trial never finished"
+    client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("dmf-sweeps")
     before = {r.info.run_id: r.info.end_time for r in client.search_runs([exp.experiment_id])
               if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"}
+    assert 0 < len(before) < 4
     out = tune_run(args + ["--resume"])
+    assert list(out.trials["status"]) == ["OK"] * 4 and list(out.trials["step"]) == [150] * 4
     runs = trial_runs(out.plan)
     tune_trials = sorted(out.trials["trial_id"])
     kept = [r for r in runs if r.data.tags["dmf_ray.trial_id"] in tune_trials]
