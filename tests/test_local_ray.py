@@ -80,7 +80,10 @@ def test_a_train_fit_finishes_beside_an_instance_on_the_default_ports(squatter, 
     with private_local_ray({}, num_cpus=2) as address:
         assert address and ray.is_initialized()
         node = ray.nodes()[0]
-        assert node["Alive"] and node.get("DashboardAgentListenPort") not in (None, DEFAULT_AGENT_PORT)
+        # The agent bound a port of its own (a plain ray.init(address="local") here reports -1:
+        # its agent could not bind 52365, and Train then leaks stopped trials' reservations).
+        agent_port = node["DashboardAgentListenPort"]
+        assert node["Alive"] and agent_port > 0 and agent_port != DEFAULT_AGENT_PORT and _listening(agent_port)
         trainer = TorchTrainer(_one_report, train_loop_config={"value": 7, "out": str(tmp_path)},
                                scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
                                run_config=RunConfig(storage_path=str(tmp_path / "store"), name="fit"))
