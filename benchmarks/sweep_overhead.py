@@ -1,11 +1,18 @@
-"""Per-trial overhead of Tune + Ray Train against the plain trainer, and 2 Train workers vs 1.
+"""Per-trial overhead of a Tune trial against the plain trainer, and 2 Train workers vs 1.
 
 All runs share one process and one local Ray, so the ratios compare like with like:
 
 1. the same toy config trained by ``engine.train`` in this process (the baseline);
-2. by one ``TorchTrainer`` (1 worker, all CPUs) -- Ray Train's fixed cost;
-3. by a one-trial Tune sweep whose trial fits that TorchTrainer, tracked in MLflow -- the
-   platform's full per-trial cost.
+2. by a one-trial Tune sweep whose single-worker trial trains in the trial itself (all CPUs;
+   the default path, :mod:`dmf_ray.platform.trial`);
+3. by a one-trial sweep whose trial fits a 1-worker TorchTrainer (the path single-worker trials
+   took before; ``SweepPlan(train_in_trial=False)``);
+4. by a one-trial sweep whose trial fits a 2-worker TorchTrainer (CPUs / 2 each; the path of
+   every multi-worker trial).
+
+Each sweep is tracked in its own sqlite MLflow store, created before the clock starts (a sweep
+creates it once, not per trial); the time covers Tune's start, the trial, its MLflow run with
+metrics, config and plots, and Tune's end -- not the champion registration.
 
 Then data-parallel throughput: the same global batch on 1 worker (2 CPUs) or 2 workers (1 CPU
 each, half the batch each). Start-up is removed by timing a long and a short run and dividing
@@ -32,7 +39,7 @@ from dmf_ray.data import load_dataset
 from dmf_ray.platform.distributed import worker_loop
 from dmf_ray.trainer.engine import train
 from dmf_ray.platform.search_space import search_space_from_dict
-from dmf_ray.platform.sweep import RAY_ENV, SweepPlan, build_tuner
+from dmf_ray.platform.sweep import RAY_ENV, SweepPlan, build_tuner, open_tracker
 from dmf_ray.platform.tracking import tracking_uri_for
 
 CPUS = os.cpu_count() or 2
@@ -56,15 +63,19 @@ def fit_seconds(over: dict, workers: int, storage: Path) -> float:
     return time.perf_counter() - start
 
 
-def tune_seconds(over: dict, storage: Path) -> float:
+def tune_seconds(over: dict, storage: Path, workers: int, in_trial: bool = True) -> float:
+    """Wall seconds of a one-trial Tune sweep of ``over`` on ``workers`` workers (CPUs split)."""
     spec = search_space_from_dict({
         "metric": "val_fd", "mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": CPUS, "gpus_per_worker": 0},
+        "resources": {"workers": workers, "cpus_per_worker": CPUS / workers, "gpus_per_worker": 0},
         "fixed": over, "params": {"seed": {"type": "categorical", "choices": [0]}},
     })
-    plan = SweepPlan(spec=spec, base=dict(over), base_config=load_train_config(None, over), name=f"bench-{time.time_ns()}",
-                     storage_path=str(storage), tracking_uri=tracking_uri_for(None, storage), experiment="bench",
-                     model_name="bench")
+    name = f"bench-{time.time_ns()}"
+    (storage / name).mkdir()
+    plan = SweepPlan(spec=spec, base=dict(over), base_config=load_train_config(None, over), name=name,
+                     storage_path=str(storage / name), tracking_uri=tracking_uri_for(None, storage / name),
+                     experiment="bench", model_name="bench", train_in_trial=in_trial)
+    open_tracker(plan)  # the sweep's store, experiment and parent run
     start = time.perf_counter()
     build_tuner(plan, resume=False).fit()
     return time.perf_counter() - start
@@ -86,14 +97,17 @@ def main() -> None:
     start = time.perf_counter()
     train(cfg, data)
     plain = time.perf_counter() - start
-    train1 = fit_seconds(over, 1, storage)
-    tuned = tune_seconds(over, storage)
+    rows = [
+        ("plain engine.train (this process)", plain),
+        ("Tune trial, trains in the trial (1 worker), MLflow", tune_seconds(over, storage, 1)),
+        ("Tune trial -> TorchTrainer, 1 worker, MLflow (the old 1-worker path)", tune_seconds(over, storage, 1, in_trial=False)),
+        ("Tune trial -> TorchTrainer, 2 workers, MLflow", tune_seconds(over, storage, 2)),
+    ]
     print(f"{CPUS} CPUs; toy, {args.steps} steps, batch {args.batch}, {args.steps // over['eval_every']} evaluations\n")
     print("| how | wall s | ratio to plain | overhead s |")
     print("|---|---|---|---|")
-    for name, secs in (("plain engine.train (this process)", plain), ("TorchTrainer, 1 worker", train1),
-                       ("Tune trial -> TorchTrainer, 1 worker, MLflow", tuned)):
-        print(f"| {name} | {secs:.1f} | {secs / plain:.2f}x | {secs - plain:+.1f} |")
+    for name, secs in rows:
+        print(f"| {name} | {secs:.1f} | {secs / plain:.2f}x | {secs - plain:+.1f} |", flush=True)
 
     short = max(50, args.steps // 5)
     print(f"\nData-parallel throughput (global batch {args.batch}; steps/s from {args.steps} vs {short} steps):\n")

@@ -3,7 +3,7 @@
 Each trial gets ``CPUs / concurrency`` CPUs (fractional CPUs pack several trials onto the same
 cores; ``--gpus-per-worker`` does the same for a GPU), and the same space with the same sampler
 seed runs once per concurrency level through the real CLI path (local Ray, Optuna, MLflow in
-sqlite). The ratio column compares with the 1-at-a-time run of the same process. ASHA stops
+sqlite; the space's single-worker trials train inside their Tune trials). The ratio column compares with the 1-at-a-time run of the same process. ASHA stops
 weak trials early, so steps/hour (the sum of the steps each trial trained) is printed beside
 trials/hour.
 
