@@ -18,7 +18,11 @@ Then data-parallel throughput: the same global batch on 1 worker (2 CPUs) or 2 w
 each, half the batch each). Start-up is removed by timing a long and a short run and dividing
 the step difference by the time difference.
 
-    python benchmarks/sweep_overhead.py [--steps 1000]
+    python benchmarks/sweep_overhead.py [--steps 1000] [--cpus 1]
+
+``--cpus`` (default: all) is the CPU budget of every run: the plain run's torch threads, the
+trial's CPUs (split between workers). On a machine other processes share, ``--cpus 1`` keeps a
+run from spinning two OpenMP threads against a busy core (which can slow the toy step 5-10x).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import ray
 import ray.train
+import torch
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -42,20 +47,17 @@ from dmf_ray.platform.search_space import search_space_from_dict
 from dmf_ray.platform.sweep import RAY_ENV, SweepPlan, build_tuner, open_tracker
 from dmf_ray.platform.tracking import tracking_uri_for
 
-CPUS = os.cpu_count() or 2
-
-
 def overrides(steps: int, batch: int) -> dict:
     return {"steps": steps, "eval_every": max(1, steps // 4), "batch_size": batch, "eval_samples": 10_000,
             "data.n_test": 10_000, "model.width": 128}
 
 
-def fit_seconds(over: dict, workers: int, storage: Path) -> float:
+def fit_seconds(over: dict, workers: int, cpus: float, storage: Path) -> float:
     cfg = load_train_config(None, over)
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"train": cfg},
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": CPUS // workers}),
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus / workers}),
         run_config=ray.train.RunConfig(storage_path=str(storage), name=f"w{workers}-{time.time_ns()}"),
     )
     start = time.perf_counter()
@@ -63,11 +65,11 @@ def fit_seconds(over: dict, workers: int, storage: Path) -> float:
     return time.perf_counter() - start
 
 
-def tune_seconds(over: dict, storage: Path, workers: int, in_trial: bool = True) -> float:
+def tune_seconds(over: dict, storage: Path, workers: int, cpus: float, in_trial: bool = True) -> float:
     """Wall seconds of a one-trial Tune sweep of ``over`` on ``workers`` workers (CPUs split)."""
     spec = search_space_from_dict({
         "metric": "val_fd", "mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": {"type": "none"},
-        "resources": {"workers": workers, "cpus_per_worker": CPUS / workers, "gpus_per_worker": 0},
+        "resources": {"workers": workers, "cpus_per_worker": cpus / workers, "gpus_per_worker": 0},
         "fixed": over, "params": {"seed": {"type": "categorical", "choices": [0]}},
     })
     name = f"bench-{time.time_ns()}"
@@ -85,7 +87,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--cpus", type=float, default=float(os.cpu_count() or 2))
     args = p.parse_args()
+    cpus = args.cpus
+    torch.set_num_threads(max(1, int(cpus)))
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(address="local", runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
@@ -99,11 +104,11 @@ def main() -> None:
     plain = time.perf_counter() - start
     rows = [
         ("plain engine.train (this process)", plain),
-        ("Tune trial, trains in the trial (1 worker), MLflow", tune_seconds(over, storage, 1)),
-        ("Tune trial -> TorchTrainer, 1 worker, MLflow (the old 1-worker path)", tune_seconds(over, storage, 1, in_trial=False)),
-        ("Tune trial -> TorchTrainer, 2 workers, MLflow", tune_seconds(over, storage, 2)),
+        ("Tune trial, trains in the trial (1 worker), MLflow", tune_seconds(over, storage, 1, cpus)),
+        ("Tune trial -> TorchTrainer, 1 worker, MLflow (the old 1-worker path)", tune_seconds(over, storage, 1, cpus, in_trial=False)),
+        ("Tune trial -> TorchTrainer, 2 workers, MLflow", tune_seconds(over, storage, 2, cpus)),
     ]
-    print(f"{CPUS} CPUs; toy, {args.steps} steps, batch {args.batch}, {args.steps // over['eval_every']} evaluations\n")
+    print(f"{cpus:g} of {os.cpu_count()} CPUs; toy, {args.steps} steps, batch {args.batch}, {args.steps // over['eval_every']} evaluations\n")
     print("| how | wall s | ratio to plain | overhead s |")
     print("|---|---|---|---|")
     for name, secs in rows:
@@ -116,10 +121,10 @@ def main() -> None:
     rates = {}
     for workers in (1, 2):
         per_worker = args.batch // workers
-        long_s = fit_seconds(overrides(args.steps, per_worker), workers, storage)
-        short_s = fit_seconds(overrides(short, per_worker), workers, storage)
+        long_s = fit_seconds(overrides(args.steps, per_worker), workers, cpus, storage)
+        short_s = fit_seconds(overrides(short, per_worker), workers, cpus, storage)
         rates[workers] = (args.steps - short) / (long_s - short_s)
-        print(f"| {workers} | {CPUS // workers} | {per_worker} | {rates[workers]:.1f} | {rates[workers] * args.batch:.0f} | "
+        print(f"| {workers} | {cpus / workers:g} | {per_worker} | {rates[workers]:.1f} | {rates[workers] * args.batch:.0f} | "
               f"{rates[workers] / rates[1]:.2f}x |", flush=True)
     ray.shutdown()
 
