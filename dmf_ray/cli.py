@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from dmf_ray.errors import ConfigError, DataError, TrainingDiverged, UserInputError
+from dmf_ray.errors import ConfigError, DataError, SweepStopped, TrainingDiverged, UserInputError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,7 +38,7 @@ def check_output_folder(out_dir: Path, flag: str | None = None) -> None:
 
 
 def run_cli(command: Callable[[], int | None]) -> int:
-    """Run ``command``: its return code (0 if None), 2 for bad input, 1 for a diverged run."""
+    """Run ``command``: its return code (0 if None), 2 for bad input, 1 for a diverged run or a stopped sweep."""
     try:
         code = command()
     except UserInputError as exc:
@@ -46,5 +46,8 @@ def run_cli(command: Callable[[], int | None]) -> int:
         return 2
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except SweepStopped as exc:
+        print(f"error: sweep stopped: {exc}", file=sys.stderr)
         return 1
     return 0 if code is None else code

@@ -42,3 +42,8 @@ class TrainingDiverged(RuntimeError):
     Raised by the training loop so a run (or a sweep trial) ends cleanly with this reason instead
     of training on garbage; it is not a user-input error.
     """
+
+
+class SweepStopped(RuntimeError):
+    """A sweep ended early because nothing moved (no trial reported within the no-progress
+    limit); its summary files are written, the message says why."""

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
-from dmf_ray.errors import ConfigError, DataError, UserInputError
+from dmf_ray.errors import ConfigError, DataError, SweepStopped, UserInputError
 from dmf_ray.platform.registry import dataset_label, default_model_name
 from dmf_ray.platform.search_space import SearchSpec, load_search_space
 from dmf_ray.platform.tracking import check_tracking_server, tracking_uri_for
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler seed and training seed")
     p.add_argument("--resume", action="store_true", help="resume an interrupted sweep (the latest of this space unless --name)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray; 'auto' joins a running cluster)")
+    p.add_argument("--warm-start", metavar="SWEEP",
+                   help="seed Optuna with a finished sweep's trials: its folder, or its name under --storage-path")
+    p.add_argument("--no-progress-timeout", type=float, metavar="S",
+                   help="stop the sweep once no trial reported a result for S seconds (default 1800)")
     p.add_argument("--shared-storage", action="store_true",
                    help="the local --storage-path is a shared mount (NFS) every node sees; allows it on multi-node clusters")
     return p
@@ -121,12 +125,40 @@ def make_plan(args: argparse.Namespace) -> SweepPlan:
     name = _sweep_name(args, space_path.stem, label, storage)
     if args.resume and not remote and not (Path(storage) / name).is_dir():
         raise UserInputError(f"{Path(storage) / name}: no sweep to resume")
+    warm_start = _warm_start_folder(args, spec, storage)
+    no_progress = {} if args.no_progress_timeout is None else {"no_progress_s": _positive("no-progress-timeout", args.no_progress_timeout)}
     return SweepPlan(
-        spec=spec, base=base, base_config=cfg, name=name, storage_path=storage,
+        spec=spec, base=base, base_config=cfg, name=name, storage_path=storage, warm_start=warm_start, **no_progress,
         tracking_uri=tracking_uri_for(args.tracking_uri, Path(storage) if not remote else Path.cwd()),
         experiment=args.experiment, address=args.address, shared_storage=args.shared_storage,
         model_name=args.model_name or default_model_name(cfg.data.name, cfg.data.direction if cfg.data.name == "ffhq-alae" else None),
     )
+
+
+def _warm_start_folder(args: argparse.Namespace, spec: SearchSpec, storage: str) -> str | None:
+    """The sweep folder ``--warm-start`` names (a path, or a sweep name under the storage path),
+    checked before Ray starts."""
+    from dmf_ray.platform.search_space import PopulationBased
+    from dmf_ray.platform.study import STUDY_FILE
+
+    if args.warm_start is None:
+        return None
+    if args.resume:
+        raise ConfigError("warm-start", "--resume continues a sweep; --warm-start starts a new one from another's trials")
+    if isinstance(spec.scheduler, PopulationBased):
+        raise ConfigError("warm-start", "a PBT / PB2 sweep draws its population from Tune, not Optuna")
+    folder = Path(args.warm_start)
+    if not (folder / STUDY_FILE).is_file() and "://" not in storage:
+        folder = Path(storage) / args.warm_start
+    if not (folder / STUDY_FILE).is_file():
+        raise UserInputError(f"{args.warm_start}: no finished sweep there (no {STUDY_FILE} in it or under {storage})")
+    return str(folder.resolve())
+
+
+def _positive(flag: str, value: float) -> float:
+    if not value > 0:
+        raise ConfigError(flag, f"must be > 0 seconds, got {value}")
+    return value
 
 
 def run(argv: Sequence[str] | None = None) -> SweepOutcome:
@@ -138,6 +170,8 @@ def run(argv: Sequence[str] | None = None) -> SweepOutcome:
     check_tracking_server(plan.tracking_uri)  # the last check: Ray starts only after it
     outcome = run_sweep(plan, resume=args.resume)
     print_outcome(outcome)
+    if outcome.stopped:
+        raise SweepStopped(outcome.stopped)
     return outcome
 
 
@@ -152,6 +186,8 @@ def print_outcome(outcome: SweepOutcome) -> None:
     if outcome.best_params_path is not None:
         print(f"Best trial's searched keys: {outcome.best_params_path} "
               "(python -m dmf_ray.experiments.compare --methods dmf dmf-searched --searched <it>)")
+    for name, path in (outcome.extras or {}).items():
+        print(f"{name.replace('_', ' ')}: {path}")
     if outcome.registered is None:
         print("No trial finished all its steps: nothing registered.")
     else:

@@ -90,3 +90,17 @@ def test_a_train_fit_finishes_beside_an_instance_on_the_default_ports(squatter, 
         result = trainer.fit()
         assert result.error is None and (tmp_path / "rank0.txt").read_text() == "7"
     assert not ray.is_initialized()
+
+
+def test_a_sweep_finishes_beside_an_instance_on_the_default_ports(squatter, tmp_path) -> None:
+    """The issue-13 hang: a sweep started while another local Ray holds 8265 / 52365."""
+    import yaml
+
+    from dmf_ray.tune import run as tune_run
+    from test_sweep import TINY_SPACE
+
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({**TINY_SPACE, "num_samples": 2}, sort_keys=False))
+    out = tune_run(["--space", str(space), "--storage-path", str(tmp_path / "store"), "--name", "beside"])
+    assert len(out.trials) == 2 and out.registered is not None and out.registered.result.became_champion
+    assert (tmp_path / "store" / "mlflow.db").is_file() and not out.stopped

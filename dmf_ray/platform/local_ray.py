@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import ray
+import torch
 from ray.cluster_utils import Cluster
 
 OBJECT_STORE_BYTES = 512 * 1024**2  # sweeps move metrics and checkpoint paths, not tensors
@@ -43,15 +44,15 @@ def private_local_ray(env_vars: Mapping[str, str], num_cpus: int | None = None, 
     worker), yield its address; disconnect and stop the node on exit, whatever happened."""
     head = {
         "num_cpus": os.cpu_count() if num_cpus is None else num_cpus,
-        "num_gpus": num_gpus,
+        # Cluster's nodes default to no GPUs; ray.init would have detected them (here: the GPUs
+        # this process sees, CUDA_VISIBLE_DEVICES included).
+        "num_gpus": torch.cuda.device_count() if num_gpus is None else num_gpus,
         "object_store_memory": OBJECT_STORE_BYTES,
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
         **node_ports(),
         **node_args,
     }
-    if head["num_gpus"] is None:
-        del head["num_gpus"]  # Ray detects the GPUs
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         ray.init(address=cluster.address, runtime_env={"env_vars": dict(env_vars)}, log_to_driver=False)

@@ -107,6 +107,7 @@ def study_figures(folder: str | Path, name: str, metrics: Sequence[str], out_dir
     for key, plot in plots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # few-trial importance and flat-axis notes
             ax = plot(study, **target)
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         figure.set_size_inches(8, 5)

@@ -37,9 +37,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import pandas as pd
 import pyarrow.fs
@@ -56,12 +57,18 @@ from dmf_ray.data import DataConfig, TranslationData, load_dataset
 from dmf_ray.errors import ConfigError
 from dmf_ray.platform.distributed import FAULT_GATE_ENV, GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
 from dmf_ray.platform.registry import RegistrationResult, dataset_label, log_generator, register_if_champion
-from dmf_ray.platform.search_space import SearchSpec, make_scheduler, make_searcher, trial_overrides
+from dmf_ray.platform.learned_schedule import learned_schedule
+from dmf_ray.platform.local_ray import private_local_ray
+from dmf_ray.platform.search_space import (
+    PopulationBased, SearchSpec, make_scheduler, make_searcher, population_space, trial_overrides,
+)
+from dmf_ray.platform.study import pareto_front, prepare_study, storage_url, study_figures
 from dmf_ray.platform.trial import train_in_trial
 from dmf_ray.platform.tracking import SweepTracker
+from dmf_ray.platform.watchdog import DEFAULT_NO_PROGRESS_S, NoProgressStopper, placement_problem
 from dmf_ray.trainer.config import TrainConfig, load_train_config
 from dmf_ray.trainer.engine import translate
-from dmf_ray.trainer.plots import figures_for_run
+from dmf_ray.trainer.plots import figures_for_run, plot_schedule
 
 # Train V2's controller polls its workers every 2 s by default
 # (ray/train/v2/_internal/constants.py), which each ray.train.report then waits for.
@@ -93,6 +100,8 @@ class SweepPlan:
     # False: a single-worker trial fits a 1-worker TorchTrainer as multi-worker trials do (the
     # path comparison of tests/test_in_trial.py and benchmarks/sweep_overhead.py).
     train_in_trial: bool = True
+    warm_start: str | None = None  # an earlier sweep folder whose Optuna study seeds this one
+    no_progress_s: float = DEFAULT_NO_PROGRESS_S  # stop the sweep once no trial reported for this long
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -101,6 +110,17 @@ class SweepPlan:
     @property
     def sweep_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def local_dir(self) -> Path:
+        """Where the driver writes the summary files and the Optuna study: the sweep folder, or
+        ``runs/<name>`` when the sweep's storage is remote."""
+        return Path(self.sweep_dir) if "://" not in self.sweep_dir else Path("runs") / self.name
+
+    @property
+    def population_based(self) -> bool:
+        """PBT / PB2: Tune domains instead of Optuna, and a learned schedule at the end."""
+        return isinstance(self.spec.scheduler, PopulationBased)
 
     @property
     def dataset(self) -> str:
@@ -329,16 +349,20 @@ def sweep_params(plan: SweepPlan) -> dict[str, Any]:
     }
 
 
-def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
-    """A fresh Tuner, or the sweep's own restored from its storage folder."""
+def build_tuner(plan: SweepPlan, resume: bool, stopper: NoProgressStopper | None = None) -> tune.Tuner:
+    """A fresh Tuner, or the sweep's own restored from its storage folder (with the stopper it
+    was started with). Optuna's study lives in the sweep folder (:mod:`dmf_ray.platform.study`);
+    a PBT / PB2 population is drawn from Tune domains."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), plan.trial_resources)
     if resume:
         return tune.Tuner.restore(plan.sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
     spec = plan.spec
+    storage = None if plan.population_based else storage_url(plan.local_dir)
     return tune.Tuner(
         trainable,
+        param_space=population_space(spec) if plan.population_based else None,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=make_searcher(spec, storage=storage, study_name=plan.name),
             scheduler=make_scheduler(spec),
             num_samples=spec.num_samples,
             max_concurrent_trials=spec.max_concurrent,
@@ -349,6 +373,7 @@ def build_tuner(plan: SweepPlan, resume: bool) -> tune.Tuner:
             name=plan.name,
             storage_path=plan.storage_path,
             callbacks=[MLflowSweepCallback(plan)],
+            stop=stopper,
             failure_config=tune.FailureConfig(max_failures=1),  # e.g. the trial's node was lost
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         ),
@@ -506,6 +531,8 @@ class SweepOutcome:
     best_params_path: Path | None  # None when no trial finished
     registered: Registered | None  # None when no trial ran all its steps
     closed_runs: int  # MLflow runs a crashed driver had left open, closed afterwards
+    stopped: str = ""  # why the sweep stopped early (no trial reported in time), else ""
+    extras: Mapping[str, Path] = field(default_factory=dict)  # Optuna figures, pareto.csv, learned_schedule.yaml
 
     @property
     def best(self) -> pd.Series | None:
@@ -526,16 +553,17 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     env_vars = dict(RAY_ENV)
     if FAULT_GATE_ENV in os.environ:  # a fault test's gate folder reaches the workers
         env_vars[FAULT_GATE_ENV] = os.environ[FAULT_GATE_ENV]
-    ray.init(address=plan.address or "local", runtime_env={"env_vars": env_vars}, log_to_driver=False)
-    try:
+    out_dir = plan.local_dir
+    stopper = NoProgressStopper(plan.no_progress_s)
+    with ray_runtime(plan, env_vars):
         require_reachable_storage(plan)
-        grid = build_tuner(plan, resume).fit()
-    finally:
-        ray.shutdown()
+        require_placeable(plan)
+        if not resume and not plan.population_based:
+            prepare_study(out_dir, plan.name, plan.spec.objectives[1], plan.warm_start)
+        grid = build_tuner(plan, resume, stopper).fit()
     trials = ranked_trials(plan, grid)
     table = summary_table(plan, trials)
     best = best_trial(trials)
-    out_dir = Path(plan.sweep_dir) if "://" not in plan.sweep_dir else Path("runs") / plan.name
     chosen_on = None
     if best is not None:
         chosen = plan.trial_config(best["config"])
@@ -544,6 +572,68 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     tracker = open_tracker(plan)
     closed = close_open_runs(plan, trials, tracker)
     registered = register_best(plan, trials, tracker)
-    tracker.finish_sweep("FINISHED", {"trials": len(trials), "failed_trials": int((trials["status"] != "OK").sum()),
-                                      **({f"best_{plan.spec.metric}": best[plan.spec.metric]} if best is not None else {})})
-    return SweepOutcome(plan, trials, table, csv_path, md_path, best_params, registered, closed)
+    extras = search_outputs(plan, best, out_dir)
+    tracker.log_figures(tracker.parent_run_id, {k: v for k, v in extras.items() if v.suffix == ".png"})
+    for table_file in (v for v in extras.values() if v.suffix != ".png"):
+        tracker.log_artifacts(tracker.parent_run_id, table_file)
+    tracker.finish_sweep("FAILED" if stopper.reason else "FINISHED",
+                         {"trials": len(trials), "failed_trials": int((trials["status"] != "OK").sum()),
+                          **({f"best_{plan.spec.metric}": best[plan.spec.metric]} if best is not None else {})},
+                         reason=stopper.reason or None)
+    return SweepOutcome(plan, trials, table, csv_path, md_path, best_params, registered, closed, stopper.reason, extras)
+
+
+@contextmanager
+def ray_runtime(plan: SweepPlan, env_vars: Mapping[str, str]) -> Iterator[None]:
+    """Join ``plan.address``, or start this sweep's own local Ray on free ports
+    (:mod:`dmf_ray.platform.local_ray`: another local instance must not take its agent's port)."""
+    if plan.address is None:
+        with private_local_ray(env_vars):
+            yield
+        return
+    ray.init(address=plan.address, runtime_env={"env_vars": dict(env_vars)}, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def require_placeable(plan: SweepPlan) -> None:
+    """Refuse, before any trial starts, a trial that the sweep's own local Ray can never place
+    (a joined cluster may autoscale; there the no-progress stopper bounds the wait)."""
+    if plan.address is not None:
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = placement_problem(plan.spec.resources, ray.cluster_resources(), nodes)
+    if problem:
+        raise ConfigError("resources", f"{problem}: no trial could ever start")
+
+
+def search_outputs(plan: SweepPlan, best: pd.Series | None, out_dir: Path) -> dict[str, Path]:
+    """What the search itself learned, as files in the sweep folder: Optuna's figures and (for
+    a multi-objective sweep) the Pareto front, or a PBT sweep's learned friction schedule."""
+    if plan.population_based:
+        return export_learned_schedule(plan, best, out_dir)
+    metrics, _ = plan.spec.objectives
+    files = study_figures(out_dir, plan.name, metrics, out_dir / "plots")
+    if plan.spec.metrics is not None:
+        front = pareto_front(out_dir, plan.name)
+        rows = [{"optuna_trial": p.number, **dict(zip(metrics, p.values)), **p.params} for p in front]
+        files["pareto"] = out_dir / "pareto.csv"
+        pd.DataFrame(rows).to_csv(files["pareto"], index=False)
+    return files
+
+
+def export_learned_schedule(plan: SweepPlan, best: pd.Series | None, out_dir: Path) -> dict[str, Path]:
+    """The best PBT member's friction levels over time as a ``table`` schedule YAML (with the
+    seeds it was chosen on, which ``compare --searched`` refuses) and its plot."""
+    if best is None or not isinstance(best.get("checkpoint_path"), str):
+        return {}
+    with ray.train.Checkpoint(best["checkpoint_path"]).as_directory() as folder:
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    cfg = plan.trial_config(best["config"])
+    learned = learned_schedule(history, cfg.steps)
+    path = out_dir / "learned_schedule.yaml"
+    path.write_text(yaml.safe_dump({**learned.overrides(), "seed": cfg.seed, "data.seed": cfg.data.seed}, sort_keys=False))
+    plot = plot_schedule(learned.config(cfg.friction.order), cfg.steps, out_dir / "plots" / "learned_schedule.png")
+    return {"learned_schedule": path, "learned_schedule_plot": plot}
