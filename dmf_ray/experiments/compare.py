@@ -48,7 +48,7 @@ class Method:
 
 DM: dict[str, Any] = {"friction.schedule": "none"}
 DMF: dict[str, Any] = {"friction.schedule": "linear"}
-EMA: dict[str, Any] = {"optim.ema_decay": 0.999}  # the released Drifting recipe's EMA
+EMA: dict[str, Any] = {"optim.ema_decay": 0.999}  # the released Drifting recipe's EMA (--ema-decay)
 
 # Every drift family runs with DMF's linear friction, so the rows differ in one thing each. The
 # controls ask whether friction does more than what it resembles under Adam: annealing the step
@@ -337,7 +337,9 @@ def time_table(cmp: Comparison) -> str:
         reached = [s for s in per_seed.values() if s is not None]
         lines.append(_row([METHODS[name].label, f"{len(reached)}/{len(cmp.results[name])}", ci_cell(reached)]))
     k = ttq.k_ofm_over_dmf
-    if k is not None:
+    if k is not None and k.pairs == 0:
+        lines += ["", "k = OFM seconds / DMF seconds to reach it: not measured (no seed reached it with both methods)."]
+    elif k is not None:
         interval = "no interval (fewer than 2 seeds reached it on both)" if math.isnan(k.low) else f"95% CI [{k.low:.3g}, {k.high:.3g}]"
         lines += ["", f"k = OFM seconds / DMF seconds to reach it: {k.estimate:.3g}, {interval}, over {k.pairs} paired seeds "
                       "(geometric mean of the per-seed ratios; t-interval on their logs, back-transformed)."]
@@ -379,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilons", type=float, nargs="+", help="Sinkhorn epsilon grid (default: the task's)")
     p.add_argument("--ofm-lrs", type=float, nargs="+", help="OFM learning-rate grid (default: the task's)")
     p.add_argument("--ofm-steps", type=int, help="OFM's training steps (default: its paper's, 10000)")
+    p.add_argument("--ema-decay", type=float, default=EMA["optim.ema_decay"],
+                   help="decay of the EMA controls (default the released recipe's 0.999)")
     p.add_argument("--tune-seed", type=int, default=100)
     p.add_argument("--no-tune", action="store_true", help="use each method's first grid value, no tuning runs")
     p.add_argument("--steps", type=int, default=1000)
@@ -462,12 +466,22 @@ def _grid(task: Task, method: Method, args: argparse.Namespace) -> list[float | 
     return list(grids.get(method.tuned_key, args.taus or task.taus))
 
 
+def with_ema_decay(method: Method, decay: float) -> Method:
+    """``method`` with its EMA control at ``decay``: 0.999 averages over ~1000 steps, so on a
+    run of about that length the average still holds much of the initial weights; the horizon
+    of an honest control matches the run's."""
+    if "optim.ema_decay" not in method.overrides:
+        return method
+    label = method.label.replace(f"EMA {EMA['optim.ema_decay']:g}", f"EMA {decay:g}")
+    return replace(method, label=label, overrides={**method.overrides, "optim.ema_decay": decay})
+
+
 def run(argv: Sequence[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
     _check_args(args)
     task = TASKS[args.task]
     base = _shared_keys(args)
-    methods = {name: METHODS[name] for name in dict.fromkeys(args.methods)}
+    methods = {name: with_ema_decay(METHODS[name], args.ema_decay) for name in dict.fromkeys(args.methods)}
     if "dmf-searched" in methods:
         methods["dmf-searched"] = searched_method(args)
     bases = {name: method_base(base, method, task, args.ofm_steps) for name, method in methods.items()}
