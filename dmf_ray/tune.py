@@ -129,6 +129,7 @@ def make_plan(args: argparse.Namespace) -> SweepPlan:
     no_progress = {} if args.no_progress_timeout is None else {"no_progress_s": _positive("no-progress-timeout", args.no_progress_timeout)}
     return SweepPlan(
         spec=spec, base=base, base_config=cfg, name=name, storage_path=storage, warm_start=warm_start, **no_progress,
+        checkpoint_every=spec.checkpoint_every,
         tracking_uri=tracking_uri_for(args.tracking_uri, Path(storage) if not remote else Path.cwd()),
         experiment=args.experiment, address=args.address, shared_storage=args.shared_storage,
         model_name=args.model_name or default_model_name(cfg.data.name, cfg.data.direction if cfg.data.name == "ffhq-alae" else None),

@@ -304,8 +304,8 @@ def _space_error(change: dict[str, Any], params: dict[str, Any] | None = None) -
         ({"sampler": {"type": "random", "n_startup_trials": 3}}, None,
          "sampler.n_startup_trials: unknown key (known: seed, type)"),
         ({"resources": {"cpus_per_worker": 0}}, None, "resources.cpus_per_worker: must be >= 0.05, got 0"),
-        ({"metricz": "val_fd"}, None, "metricz: unknown key (known: fixed, max_concurrent, metric, metrics, mode, modes, "
-         "num_samples, params, resources, sampler, scheduler)"),
+        ({"metricz": "val_fd"}, None, "metricz: unknown key (known: checkpoint_every, fixed, max_concurrent, metric, metrics, mode, "
+         "modes, num_samples, params, resources, sampler, scheduler)"),
     ],
 )
 def test_search_space_messages(change: dict[str, Any], params: dict[str, Any] | None, message: str) -> None:

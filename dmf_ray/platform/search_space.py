@@ -278,6 +278,9 @@ class SearchSpec:
     modes: list[Literal["min", "max"]] | None = None
     num_samples: PositiveInt = 8
     max_concurrent: PositiveInt = 2
+    # A trial checkpoints at every checkpoint_every-th evaluation and at its last (1: at every one,
+    # each a point ASHA can stop at or PBT can clone from).
+    checkpoint_every: PositiveInt = 1
     sampler: Sampler = field(default_factory=TPESampler)
     scheduler: Scheduler = field(default_factory=NoScheduler)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
