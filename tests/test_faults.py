@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from dmf_ray.platform.distributed import FAULT_GATE_ENV  # noqa: E402
 from dmf_ray.tune import main as tune_main  # noqa: E402
 from dmf_ray.tune import run as tune_run  # noqa: E402
+from fault_gate import kill_first_parked, parked, wait_for  # noqa: E402
 from tiny import TINY  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -53,23 +53,6 @@ def trial_runs(plan) -> list:
     client = mlflow.MlflowClient(plan.tracking_uri)
     exp = client.get_experiment_by_name(plan.experiment)
     return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-
-
-def wait_for(predicate, timeout: float, poll: float = 0.1):
-    """Poll until predicate() is truthy (bounded); returns its value or None."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    return None
-
-
-def parked(gate: Path, count: int = 1) -> list[Path]:
-    """The rank-0 gate markers once ``count`` trials are parked at the gate (else empty)."""
-    markers = sorted(gate.glob("*/checkpointed_rank0"))
-    return markers if len(markers) >= count else []
 
 
 @pytest.fixture
@@ -137,18 +120,7 @@ def test_killed_train_worker_resumes_from_checkpoint_and_final_metric_is_recorde
     # A 2-worker trial (the TorchTrainer path): rank 0 is killed while parked at the gate after
     # its first checkpoint, then the gate opens for the restarted worker group.
     space = write_space(tmp_path / "kill.yaml", num_samples=1, workers=2, fixed={"steps": 400})
-    killed: list[int] = []
-
-    def kill_one_worker() -> None:
-        markers = wait_for(lambda: parked(gate), timeout=240)
-        if markers:
-            pid = int(markers[0].read_text())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        (gate / "release").write_text("")
-
-    killer = threading.Thread(target=kill_one_worker, daemon=True)
-    killer.start()
+    killer, killed = kill_first_parked(gate)
     out = tune_run(["--space", str(space), "--storage-path", str(tmp_path / "store"), "--name", "kill"])
     killer.join(timeout=10)
     assert killed, "the worker never reached the fault gate"

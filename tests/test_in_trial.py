@@ -4,10 +4,6 @@ trial killed after a checkpoint resumes from it. Real local Ray, real sqlite MLf
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ import mlflow  # noqa: E402
 from dmf_ray.platform.distributed import FAULT_GATE_ENV  # noqa: E402
 from dmf_ray.platform.sweep import SweepOutcome, run_sweep  # noqa: E402
 from dmf_ray.tune import build_parser, make_plan  # noqa: E402
+from fault_gate import kill_first_parked  # noqa: E402
 from tiny import TINY  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -77,20 +74,7 @@ def test_killed_in_trial_trial_resumes_from_its_checkpoint(in_trial, tmp_path, m
     gate = tmp_path / "gate"
     gate.mkdir()
     monkeypatch.setenv(FAULT_GATE_ENV, str(gate))
-    killed: list[int] = []
-
-    def kill_at_gate() -> None:
-        end = time.monotonic() + 240
-        while time.monotonic() < end and not (markers := list(gate.glob("*/checkpointed_rank0"))):
-            time.sleep(0.1)
-        if markers:
-            pid = int(markers[0].read_text())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        (gate / "release").write_text("")
-
-    killer = threading.Thread(target=kill_at_gate, daemon=True)
-    killer.start()
+    killer, killed = kill_first_parked(gate)
     out = sweep(tmp_path, "killed")
     killer.join(timeout=10)
     assert killed, "the trial never reached the fault gate"
