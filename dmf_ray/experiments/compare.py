@@ -173,6 +173,10 @@ class Comparison:
     p_metric: str
     time_to_quality: TimeToQuality
     shared: str  # a paragraph on the shared settings
+    labels: dict[str, str] = field(default_factory=dict)  # method -> its row label as run (e.g. the EMA decay)
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, METHODS[name].label)
 
 
 def method_config(base: Mapping[str, Any], method: Method, setting: float | None, seed: int) -> TrainConfig:
@@ -311,7 +315,7 @@ def markdown_table(cmp: Comparison) -> str:
     lines = [_row(head), "|" + " --- |" * len(head)]
     for name, runs in cmp.results.items():
         ok = succeeded(runs)
-        cells = [METHODS[name].label, "–" if cmp.chosen[name] is None else f"{cmp.chosen[name]:g}"]
+        cells = [cmp.label(name), "–" if cmp.chosen[name] is None else f"{cmp.chosen[name]:g}"]
         cells += [ci_cell(values_of(runs, f"{s}_{m}")) for m in shown for s in ("val", "test")]
         cells += [p_cell(cmp.p_values[ref].get(name)) for ref in refs]
         cells += [ci_cell([r.train_seconds for r in ok]), ci_cell([r.seconds for r in ok]),
@@ -335,7 +339,7 @@ def time_table(cmp: Comparison) -> str:
              "| --- | --- | --- |"]
     for name, per_seed in ttq.seconds.items():
         reached = [s for s in per_seed.values() if s is not None]
-        lines.append(_row([METHODS[name].label, f"{len(reached)}/{len(cmp.results[name])}", ci_cell(reached)]))
+        lines.append(_row([cmp.label(name), f"{len(reached)}/{len(cmp.results[name])}", ci_cell(reached)]))
     k = ttq.k_ofm_over_dmf
     if k is not None and k.pairs == 0:
         lines += ["", "k = OFM seconds / DMF seconds to reach it: not measured (no seed reached it with both methods)."]
@@ -347,10 +351,12 @@ def time_table(cmp: Comparison) -> str:
 
 
 def _shared_paragraph(base_cfg: TrainConfig, ofm_cfg: TrainConfig | None, cmp_args: argparse.Namespace,
-                      tuning: dict[str, dict[float, float]]) -> str:
-    grid = "; ".join(f"{METHODS[m].label}: " + ", ".join(f"{s:g} → {v:.4g}" for s, v in scores.items())
+                      tuning: dict[str, dict[float, float]], labels: Mapping[str, str]) -> str:
+    grid = "; ".join(f"{labels[m]}: " + ", ".join(f"{s:g} → {v:.4g}" for s, v in scores.items())
                      for m, scores in tuning.items() if scores)
-    ofm = "" if ofm_cfg is None else (f" OFM: an ICNN of the same size with its own paper's budget, {ofm_cfg.steps} steps "
+    paper_steps = TASKS[cmp_args.task].ofm_steps
+    budget = "its own paper's budget, " if ofm_cfg is not None and ofm_cfg.steps == paper_steps else f"its paper's batch (its paper trains {paper_steps} steps), "
+    ofm = "" if ofm_cfg is None else (f" OFM: an ICNN of the same size with {budget}{ofm_cfg.steps} steps "
                                       f"at batch {ofm_cfg.batch_size}, its learning rate tuned like the bandwidths.")
     return (f"Shared settings: {base_cfg.steps} steps, batch {base_cfg.batch_size}, {base_cfg.model.kind} generator width "
             f"{base_cfg.model.width} depth {base_cfg.model.depth}, {base_cfg.optim.name} lr {base_cfg.optim.lr:g}, "
@@ -549,7 +555,8 @@ def run(argv: Sequence[str] | None = None) -> str:
     p_metric = f"test_{task.metrics[0]}"
     cmp = Comparison(args.task, results, chosen, tuning, floors, floor_rows, control, p_values(results, p_metric), p_metric,
                      time_to_quality(results, f"val_{task.metrics[0]}", threshold),
-                     _shared_paragraph(base_cfg, ofm_cfg, args, tuning))
+                     _shared_paragraph(base_cfg, ofm_cfg, args, tuning, {n: m.label for n, m in methods.items()}),
+                     {n: m.label for n, m in methods.items()})
     text = report(cmp)
     (out / "compare.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results_json(cmp, methods, bases), indent=1))
@@ -612,10 +619,10 @@ def plot_time_to_quality(curves: Mapping[str, tuple[list[float], list[float]]], 
 
 def _figures(cmp: Comparison, panels: dict[str, tuple[Any, Any, Any]], out: Path) -> dict[str, Path]:
     """Test FD per method (bars with the seed spread), time to quality, test samples."""
-    fd = {METHODS[m].label: values_of(rs, cmp.p_metric) for m, rs in cmp.results.items() if succeeded(rs)}
+    fd = {cmp.label(m): values_of(rs, cmp.p_metric) for m, rs in cmp.results.items() if succeeded(rs)}
     figures = {"fd_by_method": plot_bars(fd, out / "fd_by_method.png", ylabel=f"{cmp.p_metric} (mean ± std over seeds)")}
     metric = cmp.time_to_quality.metric
-    curves = {METHODS[m].label: mean_curve(rs, metric) for m, rs in cmp.results.items() if succeeded(rs)}
+    curves = {cmp.label(m): mean_curve(rs, metric) for m, rs in cmp.results.items() if succeeded(rs)}
     if curves:
         figures["time_to_quality"] = plot_time_to_quality(curves, cmp.time_to_quality.threshold, metric,
                                                           out / "time_to_quality.png")
