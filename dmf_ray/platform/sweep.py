@@ -357,7 +357,10 @@ def build_tuner(plan: SweepPlan, resume: bool, stopper: NoProgressStopper | None
     if resume:
         return tune.Tuner.restore(plan.sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
     spec = plan.spec
-    storage = None if plan.population_based else storage_url(plan.local_dir)
+    storage = None
+    if not plan.population_based:
+        plan.local_dir.mkdir(parents=True, exist_ok=True)  # the study's sqlite file lives there
+        storage = storage_url(plan.local_dir)
     return tune.Tuner(
         trainable,
         param_space=population_space(spec) if plan.population_based else None,
