@@ -568,10 +568,13 @@ def make_searcher(spec: SearchSpec, storage: str | None = None, study_name: str 
         return BasicVariantGenerator(random_state=spec.sampler.seed)
 
     metrics, modes = spec.objectives
-    rdb = optuna.storages.RDBStorage(storage) if storage is not None else None
-    return OptunaSearch(space=DefineByRun(spec), metric=metrics if spec.metrics else metrics[0],
-                        mode=modes if spec.metrics else modes[0], sampler=make_sampler(spec),
-                        storage=rdb, study_name=study_name)
+    objectives = dict(metric=metrics if spec.metrics else metrics[0], mode=modes if spec.metrics else modes[0])
+    if storage is None:
+        return OptunaSearch(space=DefineByRun(spec), sampler=make_sampler(spec), **objectives)
+    from dmf_ray.platform.study import PersistentOptunaSearch
+
+    return PersistentOptunaSearch(space=DefineByRun(spec), sampler=make_sampler(spec), **objectives,
+                                  storage=optuna.storages.RDBStorage(storage), study_name=study_name)
 
 
 def make_scheduler(spec: SearchSpec) -> TrialScheduler | None:

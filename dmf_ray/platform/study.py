@@ -16,10 +16,34 @@ from pathlib import Path
 from typing import Sequence
 
 import optuna
+from ray.tune.search.optuna import OptunaSearch
 
 from dmf_ray.errors import UserInputError
 
 STUDY_FILE = "optuna.db"
+
+
+class PersistentOptunaSearch(OptunaSearch):
+    """Tune's OptunaSearch over a study on disk, which may run ahead of Tune's snapshot.
+
+    After a driver crash, ``Tuner.restore`` brings back Tune's last experiment snapshot (seconds
+    old), while the sqlite study already holds what happened since: a trial that finished
+    before the crash is COMPLETE there, and the restored trial re-reports its result. Optuna
+    refuses to update a finished trial; what it would record is already recorded, so the
+    repeated report is dropped instead of failing the sweep.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            super().on_trial_complete(trial_id, result, error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
 
 
 def storage_url(folder: str | Path) -> str:
