@@ -177,3 +177,10 @@ def test_table_interpolates_its_knots_and_constant_holds_its_level():
     assert np.array_equal(schedule_values(FrictionConfig(schedule="constant", level=0.3), 5), np.full(5, 0.3))
     with pytest.raises(ValueError, match="levels: must be non-decreasing"):
         FrictionConfig(schedule="table", breakpoints=(0.25, 0.5), levels=(0.6, 0.2))  # not monotone
+
+
+def test_a_learned_table_describes_itself_in_one_short_title():
+    knots = tuple(round(0.1 * k, 1) for k in range(1, 10))
+    cfg = FrictionConfig(schedule="table", breakpoints=knots, levels=tuple(0.1 * k for k in range(1, 10)))
+    assert cfg.describe() == "table(breakpoints=(0.1 .. 0.9, 9 values), levels=(0.1 .. 0.9, 9 values)), order=first"
+    assert FrictionConfig(schedule="step").describe() == "step(breakpoints=(0.5,), levels=(0.5,)), order=first"

@@ -146,9 +146,16 @@ class FrictionConfig:
     def describe(self) -> str:
         """Short readable name, e.g. ``sigmoid(midpoint=0.5, steepness=10.0), order=first``."""
         names = _SCHEDULE_PARAMS.get(self.schedule, ())
-        params = ", ".join(f"{name}={getattr(self, name)}" for name in names)
+        params = ", ".join(f"{name}={_short(getattr(self, name))}" for name in names)
         name = f"{self.schedule}({params})" if params else self.schedule
         return f"{name}, order={self.order}"
+
+
+def _short(value: object) -> str:
+    """A parameter as a title shows it: a long knot list (a learned ``table``) by its ends and length."""
+    if isinstance(value, tuple) and len(value) > 3:
+        return f"({value[0]:g} .. {value[-1]:g}, {len(value)} values)"
+    return str(value)
 
 
 def schedule_values(cfg: FrictionConfig, total_steps: int) -> np.ndarray:
