@@ -50,6 +50,6 @@ def learned_schedule(history: Sequence[Mapping[str, Any]], total_steps: int) -> 
         raise ValueError(f"no evaluation between step 0 and {total_steps} to learn a schedule from")
     steps, held = zip(*inside)
     fit = np.clip(isotonic_regression(np.asarray(held, dtype=np.float64), increasing=True).x, 0.0, 1.0)
-    levels = tuple(float(v) for v in np.maximum.accumulate(np.round(fit, DIGITS)))
+    levels = tuple(float(v) for v in np.round(fit, DIGITS))  # rounding keeps the fit non-decreasing
     breakpoints = tuple(round(step / total_steps, DIGITS) for step in steps)
     return LearnedSchedule(steps=tuple(steps), held=tuple(held), breakpoints=breakpoints, levels=levels)

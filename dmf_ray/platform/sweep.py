@@ -285,8 +285,7 @@ class MLflowSweepCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not self._is_closed(trial):
             last = dict(trial.last_result or {})
-            if not last.get("checkpoint_path") and trial.checkpoint is not None:  # an in-trial trial's
-                last["checkpoint_path"] = trial.checkpoint.path
+            last["checkpoint_path"] = last.get("checkpoint_path") or _checkpoint_path(trial)
             self.close_trial(self.run_id(trial), trial.trial_id, trial.config, last)
 
     def close_trial(self, run_id: str, trial_id: str, tune_config: Mapping[str, Any], last: Mapping[str, Any]) -> None:
@@ -428,7 +427,8 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
 
 
 def _checkpoint_path(result: Any) -> str | None:
-    """The latest checkpoint Tune kept for a trial (in-trial trials report no ``checkpoint_path``)."""
+    """The latest checkpoint Tune kept for a trial, from its Trial or its Result (in-trial trials
+    report no ``checkpoint_path``: Tune stores their checkpoints itself)."""
     return result.checkpoint.path if result.checkpoint is not None else None
 
 
@@ -567,15 +567,13 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     trials = ranked_trials(plan, grid)
     table = summary_table(plan, trials)
     best = best_trial(trials)
-    chosen_on = None
-    if best is not None:
-        chosen = plan.trial_config(best["config"])
-        chosen_on = {"seed": chosen.seed, "data.seed": chosen.data.seed}
+    chosen = plan.trial_config(best["config"]) if best is not None else None
+    chosen_on = selection_seeds(chosen) if chosen is not None else None
     csv_path, md_path, best_params = write_summary(table, best, out_dir, chosen_on)
     tracker = open_tracker(plan)
     closed = close_open_runs(plan, trials, tracker)
     registered = register_best(plan, trials, tracker)
-    extras = search_outputs(plan, best, out_dir)
+    extras = search_outputs(plan, best, chosen, out_dir)
     tracker.log_figures(tracker.parent_run_id, {k: v for k, v in extras.items() if v.suffix == ".png"})
     for table_file in (v for v in extras.values() if v.suffix != ".png"):
         tracker.log_artifacts(tracker.parent_run_id, table_file)
@@ -612,11 +610,17 @@ def require_placeable(plan: SweepPlan) -> None:
         raise ConfigError("resources", f"{problem}: no trial could ever start")
 
 
-def search_outputs(plan: SweepPlan, best: pd.Series | None, out_dir: Path) -> dict[str, Path]:
+def selection_seeds(cfg: TrainConfig) -> dict[str, int]:
+    """The seeds a trial was chosen on, written beside what it found so evaluations refuse them."""
+    return {"seed": cfg.seed, "data.seed": cfg.data.seed}
+
+
+def search_outputs(plan: SweepPlan, best: pd.Series | None, chosen: TrainConfig | None, out_dir: Path) -> dict[str, Path]:
     """What the search itself learned, as files in the sweep folder: Optuna's figures and (for
-    a multi-objective sweep) the Pareto front, or a PBT sweep's learned friction schedule."""
+    a multi-objective sweep) the Pareto front, or a PBT sweep's learned friction schedule
+    (``best`` the best trial's row, ``chosen`` its config)."""
     if plan.population_based:
-        return export_learned_schedule(plan, best, out_dir)
+        return export_learned_schedule(best, chosen, out_dir)
     metrics, _ = plan.spec.objectives
     files = study_figures(out_dir, plan.name, metrics, out_dir / "plots")
     if plan.spec.metrics is not None:
@@ -627,16 +631,15 @@ def search_outputs(plan: SweepPlan, best: pd.Series | None, out_dir: Path) -> di
     return files
 
 
-def export_learned_schedule(plan: SweepPlan, best: pd.Series | None, out_dir: Path) -> dict[str, Path]:
+def export_learned_schedule(best: pd.Series | None, cfg: TrainConfig | None, out_dir: Path) -> dict[str, Path]:
     """The best PBT member's friction levels over time as a ``table`` schedule YAML (with the
     seeds it was chosen on, which ``compare --searched`` refuses) and its plot."""
-    if best is None or not isinstance(best.get("checkpoint_path"), str):
+    if best is None or cfg is None or not isinstance(best.get("checkpoint_path"), str):
         return {}
     with ray.train.Checkpoint(best["checkpoint_path"]).as_directory() as folder:
         history = json.loads((Path(folder) / HISTORY_FILE).read_text())
-    cfg = plan.trial_config(best["config"])
     learned = learned_schedule(history, cfg.steps)
     path = out_dir / "learned_schedule.yaml"
-    path.write_text(yaml.safe_dump({**learned.overrides(), "seed": cfg.seed, "data.seed": cfg.data.seed}, sort_keys=False))
+    path.write_text(yaml.safe_dump({**learned.overrides(), **selection_seeds(cfg)}, sort_keys=False))
     plot = plot_schedule(learned.config(cfg.friction.order), cfg.steps, out_dir / "plots" / "learned_schedule.png")
     return {"learned_schedule": path, "learned_schedule_plot": plot}
