@@ -17,12 +17,15 @@ def naive_reference_drift(
     pos: Tensor,
     neg: Tensor | None = None,
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.2),
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Released-algorithm drift V (B, D) in input coordinates for gen (B, D), pos (M, D), neg (K, D)."""
-    x = gen.detach().float()
+    """Released-algorithm drift V (B, D) in input coordinates for gen (B, D), pos (M, D), neg (K, D),
+    computed in ``dtype`` (float32 as released; float64 gives the tests a ground truth that
+    float32 implementations are measured against)."""
+    x = gen.detach().to(dtype)
     b, d = x.shape
-    negatives = torch.zeros(0, d) if neg is None else neg.detach().float()
-    targets = torch.cat([x, negatives.to(x), pos.detach().float()], dim=0)  # [N, D]
+    negatives = x.new_zeros(0, d) if neg is None else neg.detach().to(dtype)
+    targets = torch.cat([x, negatives, pos.detach().to(dtype)], dim=0)  # [N, D]
     n_neg = b + negatives.shape[0]
 
     sq = x.square().sum(1)[:, None] + targets.square().sum(1)[None, :] - 2 * x @ targets.T
@@ -30,7 +33,7 @@ def naive_reference_drift(
     scale = dist.mean()
     coord_scale = (scale / d**0.5).clamp(min=1e-3)
     x_s, targets_s = x / coord_scale, targets / coord_scale
-    self_mask = torch.nn.functional.pad(torch.eye(b), (0, targets.shape[0] - b))
+    self_mask = torch.nn.functional.pad(torch.eye(b, dtype=dtype), (0, targets.shape[0] - b))
     dist_n = dist / scale.clamp(min=1e-3) + 100.0 * self_mask
 
     total = torch.zeros_like(x_s)

@@ -16,5 +16,7 @@ def sq_distances(a: Tensor, b: Tensor, *, floor: float = 0.0, out: Tensor | None
     chunk workspace reuses one buffer; without it a fresh tensor is returned and the call is
     differentiable in both arguments.
     """
-    sq = torch.addmm(a.square().sum(1, keepdim=True), a, b.T, alpha=-2.0, out=out)  # [A, B]
-    return sq.add_(b.square().sum(1)[None, :]).clamp_min_(floor)
+    # -2 a is exact, and mm writes the product straight into ``out``: addmm's broadcast copy of
+    # a bias into ``out`` before the product cost as much as three elementwise passes
+    sq = torch.mm(a * -2.0, b.T, out=out)  # [A, B]
+    return sq.add_(a.square().sum(1, keepdim=True)).add_(b.square().sum(1)[None, :]).clamp_min_(floor)
