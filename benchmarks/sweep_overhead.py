@@ -52,7 +52,8 @@ from dmf_ray.data import load_dataset
 from dmf_ray.platform.distributed import worker_loop
 from dmf_ray.trainer.engine import train
 from dmf_ray.platform.search_space import search_space_from_dict
-from dmf_ray.platform.sweep import RAY_ENV, SweepPlan, build_tuner, open_tracker
+from dmf_ray.platform.plan import SweepPlan
+from dmf_ray.platform.sweep import RAY_ENV, build_tuner, open_tracker
 from dmf_ray.platform.tracking import tracking_uri_for
 
 def overrides(steps: int, batch: int) -> dict:

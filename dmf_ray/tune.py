@@ -22,13 +22,14 @@ from dmf_ray.trainer.config import load_train_config
 from dmf_ray.data import load_dataset
 from dmf_ray.cli import ArgumentParser, run_cli
 from dmf_ray.errors import ConfigError, DataError, SweepStopped, UserInputError
-from dmf_ray.platform.registry import dataset_label, default_model_name
+from dmf_ray.platform.registry import default_model_name
 from dmf_ray.platform.search_space import SearchSpec, load_search_space
 from dmf_ray.platform.tracking import check_tracking_server, tracking_uri_for
 from dmf_ray.schema import config_error
 
 if TYPE_CHECKING:  # Ray is slow to import: the sweep module loads only once the input is valid
-    from dmf_ray.platform.sweep import SweepOutcome, SweepPlan
+    from dmf_ray.platform.plan import SweepPlan
+    from dmf_ray.platform.sweep import SweepOutcome
 
 DEFAULT_STORAGE = "runs/sweeps"
 DEFAULT_EXPERIMENT = "dmf-sweeps"
@@ -108,7 +109,7 @@ def _sweep_name(args: argparse.Namespace, stem: str, label: str, storage: str) -
 
 def make_plan(args: argparse.Namespace) -> SweepPlan:
     """Validate everything and resolve defaults; nothing is started or written."""
-    from dmf_ray.platform.sweep import SweepPlan
+    from dmf_ray.platform.plan import SweepPlan
 
     space_path = Path(args.space)
     spec = spec_with_flags(load_search_space(space_path), args)
@@ -121,7 +122,7 @@ def make_plan(args: argparse.Namespace) -> SweepPlan:
     storage = args.storage_path if remote else str(Path(args.storage_path).resolve())
     if remote and not args.tracking_uri:
         raise ConfigError("tracking-uri", "required when --storage-path is remote (an MLflow server the driver can reach, e.g. on the head node)")
-    label = dataset_label(cfg.data)
+    label = cfg.data.label
     name = _sweep_name(args, space_path.stem, label, storage)
     if args.resume and not remote and not (Path(storage) / name).is_dir():
         raise UserInputError(f"{Path(storage) / name}: no sweep to resume")

@@ -171,6 +171,16 @@ class DataConfig:
     data_dir: Annotated[Str, Field(min_length=1)] | None = None
     direction: Direction = "adult2child"
 
+    @property
+    def label(self) -> str:
+        """The dataset a champion is compared on (its version tag ``dataset``): ``toy``,
+        ``gaussian-ot/d64``, ``ffhq-alae/adult2child``. Values on different datasets are not comparable."""
+        if self.name == "ffhq-alae":
+            return f"ffhq-alae/{self.direction}"
+        if self.name == "gaussian-ot":
+            return f"gaussian-ot/d{self.dim}"
+        return self.name
+
     @model_validator(mode="after")
     def _folder_for_ffhq(self) -> DataConfig:
         if self.name == "ffhq-alae" and self.data_dir is None:

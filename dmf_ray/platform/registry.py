@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import mlflow
 import numpy as np
@@ -36,9 +36,6 @@ from mlflow.types import Schema, TensorSpec
 
 from dmf_ray.errors import ConfigError, UserInputError
 from dmf_ray.core.models import load_generator
-
-if TYPE_CHECKING:
-    from dmf_ray.data.base import DataConfig
 
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "serving" / "pyfunc_model.py"
 MODEL_NAME = "generator"
@@ -140,16 +137,6 @@ def default_model_name(data_name: str, direction: str | None = None) -> str:
     parts = ["dmf", data] + ([direction] if direction else [])
     slug = "-".join(re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts)
     return re.sub(r"-+", "-", slug)
-
-
-def dataset_label(data: DataConfig) -> str:
-    """The dataset a champion is compared on (its version tag ``dataset``): ``toy``,
-    ``gaussian-ot/d64``, ``ffhq-alae/adult2child``. Values on different datasets are not comparable."""
-    if data.name == "ffhq-alae":
-        return f"ffhq-alae/{data.direction}"
-    if data.name == "gaussian-ot":
-        return f"gaussian-ot/d{data.dim}"
-    return data.name
 
 
 def _logged_model_id(model_uri: str) -> str | None:

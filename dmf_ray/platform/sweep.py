@@ -18,8 +18,8 @@ One value's way from the YAML file to the training step, ``friction.schedule``:
 
 1. :mod:`dmf_ray.platform.search_space` reads ``params.friction.schedule`` (validated with the
    file) and Optuna suggests one of its choices into the trial's Tune config;
-2. :mod:`dmf_ray.platform.sweep` (:meth:`SweepPlan.trial_config`, in :func:`run_trial`) merges the
-   plan's fixed keys once with the trial's values
+2. :mod:`dmf_ray.platform.plan` (:meth:`SweepPlan.trial_config`, called once in the trial's
+   :func:`~dmf_ray.platform.trial.run_trial`) merges the plan's fixed keys once with the trial's values
    (:func:`~dmf_ray.platform.search_space.trial_overrides`) and validates the trial's
    :class:`~dmf_ray.trainer.config.TrainConfig` once (pydantic, with the field declared in
    :class:`~dmf_ray.core.friction.FrictionConfig`); that object goes to
@@ -43,190 +43,39 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple
 
 import pandas as pd
-import pyarrow.fs
 import ray
 import ray.train
 import yaml
 from ray import tune
-from ray.train import CheckpointConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from dmf_ray.core.models import load_generator
 from dmf_ray.data import DataConfig, TranslationData, load_dataset
 from dmf_ray.errors import ConfigError
-from dmf_ray.platform.distributed import FAULT_GATE_ENV, GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS, worker_loop
-from dmf_ray.platform.registry import RegistrationResult, dataset_label, log_generator, register_if_champion
+from dmf_ray.platform.distributed import FAULT_GATE_ENV, GENERATOR_FILE, HISTORY_FILE, SCORE_KEYS
+from dmf_ray.platform.registry import RegistrationResult, log_generator, register_if_champion
 from dmf_ray.platform.learned_schedule import learned_schedule
 from dmf_ray.platform.local_ray import private_local_ray
-from dmf_ray.platform.search_space import (
-    PopulationBased, SearchSpec, make_scheduler, make_searcher, population_space, trial_overrides,
-)
+from dmf_ray.platform.search_space import make_scheduler, make_searcher, population_space, trial_overrides
 from dmf_ray.platform.study import pareto_front, prepare_study, storage_url, study_figures
-from dmf_ray.platform.trial import train_in_trial
+from dmf_ray.platform.plan import SweepPlan
+from dmf_ray.platform.trial import final_result_path, read_json, run_trial
 from dmf_ray.platform.tracking import SweepTracker
-from dmf_ray.platform.watchdog import DEFAULT_NO_PROGRESS_S, NoProgressStopper, placement_problem
-from dmf_ray.trainer.config import TrainConfig, load_train_config
+from dmf_ray.platform.watchdog import NoProgressStopper, placement_problem
+from dmf_ray.trainer.config import TrainConfig
 from dmf_ray.trainer.engine import translate
 from dmf_ray.trainer.plots import figures_for_run, plot_schedule
 
 # Train V2's controller polls its workers every 2 s by default
 # (ray/train/v2/_internal/constants.py), which each ray.train.report then waits for.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
-TRIAL_CPU = 0.01  # a TorchTrainer trial's function only waits on its workers, which hold the CPUs
 CHECKPOINTS_KEPT = 2  # per trial, in-trial path (Train keeps its own two)
-TRAIN_RUNS = "train_runs"
 # Last-result keys every ranked trial has, reported or not.
 RESULT_COLUMNS = ("trial_id", "step", "checkpoint_path", "worker_nodes", "diverged")
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """Everything a sweep needs, resolved and validated by the CLI; nothing started yet."""
-
-    spec: SearchSpec
-    base: dict[str, Any]  # dotted TrainConfig keys shared by every trial (space 'fixed' + CLI flags)
-    base_config: TrainConfig  # ``base`` validated (once, by the CLI): the trials' common settings
-    name: str
-    storage_path: str
-    tracking_uri: str
-    experiment: str
-    model_name: str
-    address: str | None = None  # Ray cluster to join; None starts a local Ray
-    shared_storage: bool = False  # a local storage_path that every node mounts (NFS)
-    # A checkpoint at every checkpoint_every-th evaluation and the last (1: every evaluation,
-    # each one ASHA can stop at, so a stopped trial is scored and plotted at its last step).
-    checkpoint_every: int = 1
-    # False: a single-worker trial fits a 1-worker TorchTrainer as multi-worker trials do (the
-    # path comparison of tests/test_in_trial.py and benchmarks/sweep_overhead.py).
-    train_in_trial: bool = True
-    warm_start: str | None = None  # an earlier sweep folder whose Optuna study seeds this one
-    no_progress_s: float = DEFAULT_NO_PROGRESS_S  # stop the sweep once no trial reported for this long
-
-    def __post_init__(self) -> None:
-        if self.checkpoint_every < 1:
-            raise ConfigError("checkpoint_every", f"must be >= 1 (evaluations), got {self.checkpoint_every}")
-
-    @property
-    def sweep_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
-
-    @property
-    def local_dir(self) -> Path:
-        """Where the driver writes the summary files and the Optuna study: the sweep folder, or
-        ``runs/<name>`` when the sweep's storage is remote."""
-        return Path(self.sweep_dir) if "://" not in self.sweep_dir else Path("runs") / self.name
-
-    @property
-    def population_based(self) -> bool:
-        """PBT / PB2: Tune domains instead of Optuna, and a learned schedule at the end."""
-        return isinstance(self.spec.scheduler, PopulationBased)
-
-    @property
-    def dataset(self) -> str:
-        """The trials' champion pool (see :func:`dataset_label`)."""
-        return dataset_label(self.base_config.data)
-
-    def overrides(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
-        """All dotted keys of one trial: the fixed ones, then its searched ones (the one merge)."""
-        return {**self.base, **trial_overrides(self.spec, tune_config)}
-
-    @property
-    def device(self) -> str:
-        """The workers' device. ``cuda`` is each worker's own GPU: Train V2 sets every worker's
-        default CUDA device (``TorchConfigContextManager`` in ray/train/torch/config.py)."""
-        return "cuda" if self.spec.resources.gpus_per_worker > 0 else "cpu"
-
-    def trial_config(self, tune_config: Mapping[str, Any]) -> TrainConfig:
-        return load_train_config(None, {**self.overrides(tune_config), "device": self.device})
-
-    @property
-    def trains_in_trial(self) -> bool:
-        """Whether each trial trains in its own process (one worker) rather than a TorchTrainer."""
-        return self.train_in_trial and self.spec.resources.workers == 1
-
-    @property
-    def trial_resources(self) -> dict[str, float]:
-        """What one Tune trial reserves: the worker's share in-trial, else the bookkeeping CPU."""
-        res = self.spec.resources
-        if self.trains_in_trial:
-            return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
-        return {"cpu": TRIAL_CPU}
-
-
-def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
-    """One Tune trial on its config, validated here once: trained in this process
-    (:func:`~dmf_ray.platform.trial.train_in_trial`) when it has one worker, else by a
-    data-parallel TorchTrainer (:func:`fit_torch_trainer`).
-
-    A diverged run (NaN/inf) ends normally after reporting ``diverged`` and its reason without
-    the sweep metric: Optuna records the trial as pruned, MLflow as FAILED with the reason, and
-    the sweep goes on. Real failures (a lost node) raise and get one Tune retry, which resumes
-    from the trial's latest checkpoint.
-    """
-    if plan.trains_in_trial:
-        train_in_trial(plan.trial_config(tune_config), plan.checkpoint_every)
-    else:
-        fit_torch_trainer(tune_config, plan)
-
-
-def fit_torch_trainer(tune_config: dict[str, Any], plan: SweepPlan) -> None:
-    """Fit the trial's TorchTrainer; its final result is kept in a file beside Train's run, so a
-    trial that finished before the driver died reports it again on resume instead of retraining."""
-    trial_id = tune.get_context().get_trial_id()
-    done = _final_result_path(plan, trial_id)
-    previous = _read_json(done)
-    if previous is not None:  # finished before the driver died: report it again, do not retrain
-        tune.report(previous)
-        return
-    res = plan.spec.resources
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={"train": plan.trial_config(tune_config), "checkpoint_every": plan.checkpoint_every},
-        scaling_config=ScalingConfig(
-            num_workers=res.workers,
-            use_gpu=res.gpus_per_worker > 0,
-            # the trial function's own TRIAL_CPU comes out of its workers' share, so a trial
-            # needs exactly workers x cpus_per_worker CPUs and packs onto the machine as planned
-            resources_per_worker={"CPU": res.cpus_per_worker - TRIAL_CPU / res.workers, "GPU": res.gpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=trial_id,
-            storage_path=f"{plan.sweep_dir}/{TRAIN_RUNS}",
-            callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    if result.metrics is not None:
-        _write_json(done, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
-                    | {"checkpoint_path": result.checkpoint.path if result.checkpoint else None})
 
 
 def trial_dirname(trial: Any) -> str:
     """Tune's ``trial_dirname_creator``: a trial's folder is its trial id, nothing to parse."""
     return trial.trial_id
-
-
-def _final_result_path(plan: SweepPlan, trial_id: str) -> str:
-    return f"{plan.sweep_dir}/{TRAIN_RUNS}/{trial_id}/final_result.json"
-
-
-def _read_json(uri: str) -> dict[str, Any] | None:
-    """A small JSON file on local or remote (s3://, gs://) storage, or None if absent."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as fh:
-        return json.loads(fh.read())
-
-
-def _write_json(uri: str, data: dict[str, Any]) -> None:
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as fh:
-        fh.write(json.dumps(data).encode())
 
 
 class MLflowSweepCallback(tune.Callback):
@@ -335,7 +184,7 @@ def trial_error_reason(trial: Any) -> str:
 def open_tracker(plan: SweepPlan) -> SweepTracker:
     """The sweep's MLflow tracker with its parent run (re)opened."""
     tracker = SweepTracker(plan.tracking_uri, plan.experiment)
-    tracker.start_sweep(plan.name, sweep_params(plan), tags={"dmf_ray.dataset": plan.dataset})
+    tracker.start_sweep(plan.name, sweep_params(plan), tags={"dmf_ray.dataset": plan.base_config.data.label})
     return tracker
 
 
@@ -344,7 +193,7 @@ def sweep_params(plan: SweepPlan) -> dict[str, Any]:
     return {
         "metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
         "max_concurrent": spec.max_concurrent, "sampler": spec.sampler.type, "scheduler": spec.scheduler.type,
-        "workers": spec.resources.workers, "dataset": plan.dataset, **{f"fixed.{k}": v for k, v in plan.base.items()},
+        "workers": spec.resources.workers, "dataset": plan.base_config.data.label, **{f"fixed.{k}": v for k, v in plan.base.items()},
     }
 
 
@@ -409,7 +258,7 @@ def ranked_trials(plan: SweepPlan, grid: tune.ResultGrid) -> pd.DataFrame:
     last = grid.get_dataframe()
     last = last.set_index("trial_id", drop=False) if "trial_id" in last else last
     frame = last.reindex(index=list(results), columns=last.columns.union(RESULT_COLUMNS + (plan.spec.metric,), sort=False))
-    lost = {tid: _read_json(_final_result_path(plan, tid)) for tid in frame.index[frame["step"].isna()]}
+    lost = {tid: read_json(final_result_path(plan, tid)) for tid in frame.index[frame["step"].isna()]}
     if any(lost.values()):
         frame = frame.combine_first(pd.DataFrame.from_dict({t: m for t, m in lost.items() if m}, orient="index"))
     frame["trial_id"] = frame.index
@@ -517,7 +366,7 @@ def register_best(plan: SweepPlan, trials: pd.DataFrame, tracker: SweepTracker) 
         model_uri = log_generator(plan.tracking_uri, run_id, weights, gen_cfg.dim)
     result = register_if_champion(
         plan.tracking_uri, model_uri, plan.model_name, plan.spec.metric, float(best[plan.spec.metric]),
-        plan.spec.mode, plan.dataset, plan.name, test_value=float(best.get(on_test_split(plan.spec.metric), math.nan)),
+        plan.spec.mode, plan.base_config.data.label, plan.name, test_value=float(best.get(on_test_split(plan.spec.metric), math.nan)),
     )
     return Registered(model_uri, result)
 
