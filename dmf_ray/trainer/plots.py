@@ -8,6 +8,7 @@ first two principal components, so a 512-d translation gets the same picture as 
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -138,7 +139,8 @@ def plot_schedule(cfg: FrictionConfig, total_steps: int, path: str | Path) -> Pa
     ax.plot(steps, 1.0 - values, linestyle="--", label=r"$1-\gamma(i)$")
     ax.set_xlabel("training step i")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"friction: {cfg.describe()}, T={total_steps}")
+    # a learned table names its knots: wrapped, so the title fits the figure's width
+    ax.set_title(textwrap.fill(f"friction: {cfg.describe()}, T={total_steps}", width=60), fontsize=10)
     ax.legend()
     return _save(fig, path)
 
