@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from cleanfid.fid import get_batch_features
+from cleanfid.resize import build_resizer
 from PIL import Image
 
 from dmf_ray.errors import ConfigError, DataError
@@ -284,11 +286,6 @@ def image_features(
     The steps of clean-fid's folder pipeline without the files; ``extractor`` is
     :func:`load_inception`'s or any clean-fid ``custom_feat_extractor``-style callable.
     """
-    # clean-fid is imported here, not at the top: it brings torchvision (~2 s), which every Tune
-    # trial and Train worker would otherwise pay through trainer/run.py without scoring an image.
-    from cleanfid.fid import get_batch_features
-    from cleanfid.resize import build_resizer
-
     pixels = to_uint8_images(images)
     dev = _resolve_device(device)
     resize = build_resizer("clean")

@@ -14,7 +14,7 @@ restored sweep resume from ``ray.tune.get_checkpoint()``.
 
 This module and what it imports are all a trial's process loads (besides torch and Ray): the
 driver's MLflow, Optuna and plotting stay in :mod:`dmf_ray.platform.sweep`, so a trial's process
-does not pay their ~1.5 s of imports (tests/test_imports.py checks it).
+does not pay their imports (~1 s per trial start here; tests/test_imports.py checks it).
 """
 
 from __future__ import annotations
