@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from dmf_ray.data import load_dataset
-from dmf_ray.experiments.compare import (DEFAULT_METHODS, METHODS, TASKS, build_parser, ci_cell, main, method_base,
-                                         method_config, p_cell)
+from dmf_ray.experiments.compare import build_parser, main
+from dmf_ray.experiments.methods import DEFAULT_METHODS, METHODS, TASKS, method_base, method_config
+from dmf_ray.experiments.report import ci_cell, p_cell
 from dmf_ray.experiments.stats import ratio_ci, seconds_to_reach, welch_p
 from dmf_ray.trainer.config import load_train_config
 from dmf_ray.trainer.engine import build_state, evaluate
