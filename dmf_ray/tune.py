@@ -122,8 +122,7 @@ def make_plan(args: argparse.Namespace) -> SweepPlan:
     storage = args.storage_path if remote else str(Path(args.storage_path).resolve())
     if remote and not args.tracking_uri:
         raise ConfigError("tracking-uri", "required when --storage-path is remote (an MLflow server the driver can reach, e.g. on the head node)")
-    label = cfg.data.label
-    name = _sweep_name(args, space_path.stem, label, storage)
+    name = _sweep_name(args, space_path.stem, cfg.data.label, storage)
     if args.resume and not remote and not (Path(storage) / name).is_dir():
         raise UserInputError(f"{Path(storage) / name}: no sweep to resume")
     warm_start = _warm_start_folder(args, spec, storage)

@@ -2,8 +2,8 @@
 
 Why its own module: Tune pickles the plan into every trial, so the trial's process imports the
 module that defines it. Here it pulls in only the search space and the trainer's config -- not
-the driver's MLflow, Optuna, matplotlib and pandas, which would add seconds to each trial's
-start (tests/test_imports.py checks it).
+the driver's MLflow, Optuna and matplotlib, which added ~1 s to each trial's start
+(tests/test_imports.py checks it).
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ class SweepPlan:
     def overrides(self, tune_config: Mapping[str, Any]) -> dict[str, Any]:
         """All dotted keys of one trial: the fixed ones, then its searched ones (the one merge)."""
         return {**self.base, **trial_overrides(self.spec, tune_config)}
+
+    @property
+    def dataset(self) -> str:
+        """The trials' champion pool (:attr:`~dmf_ray.data.base.DataConfig.label`)."""
+        return self.base_config.data.label
 
     @property
     def device(self) -> str:

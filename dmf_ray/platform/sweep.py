@@ -184,7 +184,7 @@ def trial_error_reason(trial: Any) -> str:
 def open_tracker(plan: SweepPlan) -> SweepTracker:
     """The sweep's MLflow tracker with its parent run (re)opened."""
     tracker = SweepTracker(plan.tracking_uri, plan.experiment)
-    tracker.start_sweep(plan.name, sweep_params(plan), tags={"dmf_ray.dataset": plan.base_config.data.label})
+    tracker.start_sweep(plan.name, sweep_params(plan), tags={"dmf_ray.dataset": plan.dataset})
     return tracker
 
 
@@ -193,7 +193,7 @@ def sweep_params(plan: SweepPlan) -> dict[str, Any]:
     return {
         "metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
         "max_concurrent": spec.max_concurrent, "sampler": spec.sampler.type, "scheduler": spec.scheduler.type,
-        "workers": spec.resources.workers, "dataset": plan.base_config.data.label, **{f"fixed.{k}": v for k, v in plan.base.items()},
+        "workers": spec.resources.workers, "dataset": plan.dataset, **{f"fixed.{k}": v for k, v in plan.base.items()},
     }
 
 
@@ -366,7 +366,7 @@ def register_best(plan: SweepPlan, trials: pd.DataFrame, tracker: SweepTracker) 
         model_uri = log_generator(plan.tracking_uri, run_id, weights, gen_cfg.dim)
     result = register_if_champion(
         plan.tracking_uri, model_uri, plan.model_name, plan.spec.metric, float(best[plan.spec.metric]),
-        plan.spec.mode, plan.base_config.data.label, plan.name, test_value=float(best.get(on_test_split(plan.spec.metric), math.nan)),
+        plan.spec.mode, plan.dataset, plan.name, test_value=float(best.get(on_test_split(plan.spec.metric), math.nan)),
     )
     return Registered(model_uri, result)
 
