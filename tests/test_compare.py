@@ -216,16 +216,3 @@ def test_compare_tunes_trains_tabulates_and_tracks_every_method(tmp_path, tiny_o
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
         a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"compare.md", "results.json", "plots/fd_by_method.png", "plots/time_to_quality.png"} <= artifacts
-
-
-def test_ofm_solves_by_cg_where_the_exact_hessian_is_expensive_unless_the_config_says_otherwise() -> None:
-    ofm = METHODS["ofm"]
-
-    def ihv(task_name: str, **keys: object) -> str:
-        task = TASKS[task_name]
-        return method_config(method_base({**task.overrides, **keys}, ofm, task), ofm, 1e-3, 0).ofm.ihv
-
-    assert (ihv("toy"), ihv("gaussian-ot")) == ("exact", "cg")
-    assert ihv("gaussian-ot", **{"ofm.ihv": "exact"}) == "exact"  # --config still decides
-    dm = method_config(method_base(TASKS["gaussian-ot"].overrides, METHODS["dm"], TASKS["gaussian-ot"]), METHODS["dm"], 0.2, 0)
-    assert dm.ofm.ihv == "exact"  # nobody else's config changes

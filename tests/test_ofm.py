@@ -223,6 +223,8 @@ def test_surrogate_gradient_matches_finite_differences_of_the_ofm_loss(ihv: str)
 
 
 def test_cg_and_exact_hessian_solves_agree() -> None:
+    """CG is the default solve (OFMConfig), so it must give the released code's exact w."""
+    assert OFMConfig().ihv == "cg"
     model = _perturbed(_icnn(dim=5, width=16, depth=2))
     gen = torch.Generator().manual_seed(2)
     z = torch.randn(32, 5, generator=gen, dtype=torch.float64)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from dmf_ray.core.ofm import IHVMethod
 from dmf_ray.trainer.config import TrainConfig, load_train_config
 
 
@@ -68,9 +67,6 @@ class Task:
     ofm_steps: int = 10_000
     ofm_batch: int = 128
     ofm_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    # How OFM's step solves M w = v (core/ofm.py): "cg" gives the same w to CG's tolerance and is
-    # 3.1x faster per step at d = 64 (243 -> 78 ms, one thread); at d = 2 the exact solve is free.
-    ofm_ihv: IHVMethod = "exact"
     paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # method -> column -> figure
 
 
@@ -88,7 +84,6 @@ TASKS: dict[str, Task] = {
         overrides={"data.name": "gaussian-ot", "data.dim": 64, "model.kind": "residual", "model.width": 256,
                    "drift.preset": "reference"},
         taus=(0.05, 0.2, 1.0), epsilons=(0.01, 0.05, 0.2), metrics=("fd", "energy", "l2_uvp", "transport_cost"),
-        ofm_ihv="cg",
     ),
     # DMF Table 2: FFHQ adult -> child in ALAE W space; image FID / CMMD need a decoder. The
     # paper's figures are image-space, so they sit in image columns, never under a latent one.
@@ -96,7 +91,7 @@ TASKS: dict[str, Task] = {
         overrides={"data.name": "ffhq-alae", "model.kind": "residual", "model.width": 1024,
                    "drift.preset": "reference", "batch_size": 4096},
         taus=(0.05, 0.2, 1.0), epsilons=(0.01, 0.05, 0.2), metrics=("fd", "kid", "transport_cost"), space="latent ",
-        image_metrics=("fid_image", "kid_image", "cmmd"), ofm_ihv="cg",
+        image_metrics=("fid_image", "kid_image", "cmmd"),
         paper={m: {"paper image FID": fid, "paper image CMMD (paper's units)": cmmd, "paper train minutes": minutes}
                for m, (fid, cmmd, minutes) in {"dm": (11.94, 0.0238, 15), "dmf": (10.58, 0.0073, 15),
                                                 "ofm": (10.63, 0.0131, 240)}.items()},
@@ -114,12 +109,11 @@ def method_config(base: Mapping[str, Any], method: Method, setting: float | None
 
 def method_base(base: Mapping[str, Any], method: Method, task: Task, ofm_steps: int | None = None) -> dict[str, Any]:
     """The shared keys a method trains with: OFM's own paper's steps and batch (``ofm_steps``
-    overrides the task's) and the task's Hessian solve, everyone else the comparison's."""
+    overrides the task's), everyone else the comparison's."""
     if method.overrides.get("method") != "ofm":
         return dict(base)
     steps = task.ofm_steps if ofm_steps is None else ofm_steps
-    return {"ofm.ihv": task.ofm_ihv, **base, "steps": steps, "eval_every": max(1, steps // 10),
-            "batch_size": task.ofm_batch}
+    return {**base, "steps": steps, "eval_every": max(1, steps // 10), "batch_size": task.ofm_batch}
 
 
 def with_ema_decay(method: Method, decay: float) -> Method:
