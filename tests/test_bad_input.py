@@ -368,6 +368,8 @@ CASES: list[Case] = [
     Case("compare-tau-inf", COMPARE, compare("--taus", "inf"), "--taus"),
     Case("compare-seed-negative", COMPARE, compare("--tune-seed", "-3"), "--seeds"),
     Case("compare-steps-one", COMPARE, compare("--steps", "1"), "steps"),
+    Case("compare-workers-zero", COMPARE, compare("--workers", "0"), "--workers: must be >= 1"),
+    Case("compare-evals-zero", COMPARE, compare("--evals", "0"), "--evals: must be >= 1"),
     Case("compare-dim-too-big", COMPARE, compare("--task", "gaussian-ot", "--dim", "100000"), "data.dim"),
     Case("compare-ffhq-without-folder", COMPARE, compare("--task", "ffhq-alae"), "data.data_dir"),
     Case("compare-out-is-a-file", COMPARE, lambda tmp: (_write(tmp / "cmp", "a file\n"), compare()(tmp))[1],

@@ -75,6 +75,8 @@ def test_ofm_gets_its_papers_budget_and_a_tuned_learning_rate() -> None:
     paper = method_config(method_base(base, ofm, task), ofm, 3e-3, 0)
     assert (paper.method, paper.steps, paper.batch_size, paper.eval_every, paper.optim.lr) == ("ofm", 10_000, 128, 1000, 3e-3)
     assert method_config(method_base(base, ofm, task, ofm_steps=40), ofm, None, 0).steps == 40
+    finer = method_config(method_base({**base, "eval_every": 25}, ofm, task), ofm, None, 0)
+    assert finer.eval_every == 250  # 40 evaluations per run, like the others
     dm = method_config(method_base(base, METHODS["dm"], task, ofm_steps=40), METHODS["dm"], 0.2, 0)
     assert (dm.steps, dm.batch_size) == (1000, 1024)  # the budget is OFM's alone
 
@@ -185,7 +187,7 @@ def test_compare_tunes_trains_tabulates_and_tracks_every_method(tmp_path, tiny_o
     out = tmp_path / "cmp"
     argv = ["--task", "gaussian-ot", "--dim", "3", "--methods", "dm", "sinkhorn", "ofm", "--steps", "4", "--seeds", "0", "1",
             "--taus", "0.2", "1.0", "--epsilons", "0.05", "0.2", "--ofm-steps", "4", "--ofm-lrs", "1e-3",
-            "--config", str(_sizes_yaml(tmp_path, tiny_overrides)), "--out", str(out)]
+            "--workers", "2", "--config", str(_sizes_yaml(tmp_path, tiny_overrides)), "--out", str(out)]
     assert main(argv) == 0
 
     head, rows = _table((out / "compare.md").read_text(), "Method")
@@ -193,7 +195,8 @@ def test_compare_tunes_trains_tabulates_and_tracks_every_method(tmp_path, tiny_o
     assert [h for h in head if h.startswith("test ")] == ["test FD", "test energy", "test L2-UVP %", "test transport cost"]
     assert dict(zip(head, rows[-1]))["test L2-UVP %"] == "–"  # no floor for a score against the known map
     results = json.loads((out / "results.json").read_text())["runs"]
-    assert {m: len(rs) for m, rs in results.items()} == {"dm": 2, "sinkhorn": 2, "ofm": 2}
+    # Two spawned workers trained the runs; the driver got them back in submission order.
+    assert {m: [r["seed"] for r in rs] for m, rs in results.items()} == {"dm": [0, 1], "sinkhorn": [0, 1], "ofm": [0, 1]}
     assert all(r["steps"] == 4 and r["seconds"] > 0 for rs in results.values() for r in rs)
     for seed in (0, 1):  # DM and Sinkhorn start from x -> x (residual generator) and move towards the OT map
         cfg = load_train_config(None, {**sizes, "data.name": "gaussian-ot", "data.dim": 3, "model.kind": "residual",

@@ -13,18 +13,22 @@ This module trains the runs and wires the command line; the rows and tasks are
     python -m dmf_ray.experiments.compare --task toy
     python -m dmf_ray.experiments.compare --task gaussian-ot --dim 64 --seeds 0 1 2 3 4
     python -m dmf_ray.experiments.compare --task toy --methods dm dmf --out outputs/toy_table1
+    python -m dmf_ray.experiments.compare --task gaussian-ot --methods dmf ofm --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -60,6 +64,63 @@ def run_once(cfg: TrainConfig, data: TranslationData, name: str, setting: float 
     print(f"  {name:<13} setting={setting} seed={cfg.seed:<4d} val FD={final.get('val_fd', math.nan):.5f} "
           f"test FD={final.get('test_fd', math.nan):.5f} ({seconds:.0f} s)", flush=True)
     return result, (state, data)
+
+
+@functools.lru_cache(maxsize=8)
+def dataset(cfg: DataConfig) -> TranslationData:
+    """This process's dataset for a (frozen) data config: the runs of one seed share theirs instead
+    of rebuilding it, in the driver and in each worker."""
+    return load_dataset(cfg)
+
+
+Panel = tuple[torch.Tensor, torch.Tensor, None]
+Job = tuple[TrainConfig, str, float | None, int]
+
+
+def train_job(cfg: TrainConfig, name: str, setting: float | None, panel_rows: int) -> tuple[RunResult, Panel | None]:
+    """One run as a worker (or the driver) trains it: its row and, when ``panel_rows`` > 0 and it
+    did not diverge, that many test rows translated for the samples figure -- tensors travel back
+    to the driver, a trained state would not."""
+    data = dataset(cfg.data)
+    result, trained = run_once(cfg, data, name, setting)
+    if trained is None or panel_rows <= 0:
+        return result, None
+    state, _ = trained
+    source, target = (pool[:panel_rows] for pool in data.held_out("test"))
+    return result, (translate(serving_model(state), source), target, None)
+
+
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class RunPool:
+    """Trains compare's runs in this process (``workers`` = 1) or in that many spawned processes,
+    each with an equal share of this process's torch threads, so a 2-core machine runs two
+    one-thread runs at once. Runs are independent (their own seeds and data); the driver alone
+    writes MLflow and the tables, so results come back in submission order. A worker that dies
+    ends the comparison with its error (BrokenProcessPool) rather than a wait."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads,
+                initargs=(max(1, torch.get_num_threads() // workers),))
+
+    def map(self, jobs: Iterable[Job]) -> list[tuple[RunResult, Panel | None]]:
+        if self._pool is None:
+            return [train_job(*job) for job in jobs]
+        futures = [self._pool.submit(train_job, *job) for job in jobs]
+        return [f.result() for f in futures]
+
+    def __enter__(self) -> "RunPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def true_pool(data: TranslationData) -> torch.Tensor:
@@ -106,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-seed", type=int, default=100)
     p.add_argument("--no-tune", action="store_true", help="use each method's first grid value, no tuning runs")
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--evals", type=int, default=10,
+                   help="validation evaluations per run, evenly spaced (OFM too): the time-to-quality resolution")
     p.add_argument("--quality-threshold", type=float, help="time to quality: seconds to reach val_fd <= this")
     p.add_argument("--quality-multiple", type=float, default=5.0,
                    help="default threshold: this multiple of the FD noise floor's mean")
@@ -116,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/compare")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in --out)")
     p.add_argument("--experiment", default="dmf-compare")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, each in its own process with an equal share of the threads (default 1)")
     return p
 
 
@@ -128,6 +193,9 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--{flag.replace('_', '-')}", f"must be a finite number > 0, got {value}")
+    for flag in ("workers", "evals"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag}", f"must be >= 1, got {getattr(args, flag)}")
     if args.ofm_steps is not None and args.ofm_steps < 2:
         raise ConfigError("--ofm-steps", f"must be >= 2, got {args.ofm_steps}")
     if any(s < 0 for s in (*args.seeds, args.tune_seed)):
@@ -141,6 +209,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 SWEEP_SEED_KEYS = ("seed", "data.seed")
+PANEL_ROWS = 4000  # test rows translated for the samples figure (first evaluation seed)
 
 
 def searched_method(args: argparse.Namespace) -> Method:
@@ -161,7 +230,7 @@ def _shared_keys(args: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = dict(TASKS[args.task].overrides)
     if args.config:
         base.update(_flatten(read_yaml_mapping(args.config)))
-    base.update({"steps": args.steps, "eval_every": max(1, args.steps // 10)})
+    base.update({"steps": args.steps, "eval_every": max(1, args.steps // args.evals)})
     if args.dim is not None:
         base["data.dim"] = args.dim
     if args.data_dir is not None:
@@ -200,14 +269,6 @@ def run(argv: Sequence[str] | None = None) -> str:
     base_cfg = load_train_config(None, base)
     first = [method_config(bases[name], method, s, args.seeds[0]) for name, method in methods.items()
              for s in _grid(task, method, args)]
-    # Datasets by their (frozen) config: the runs of one seed share theirs instead of rebuilding it.
-    datasets: dict[DataConfig, TranslationData] = {}
-
-    def dataset(cfg: DataConfig) -> TranslationData:
-        if cfg not in datasets:
-            datasets[cfg] = load_dataset(cfg)
-        return datasets[cfg]
-
     for run_cfg in first:
         dataset(run_cfg.data)
     out = Path(args.out)
@@ -215,41 +276,42 @@ def run(argv: Sequence[str] | None = None) -> str:
     tracker = SweepTracker(tracking_uri_for(args.tracking_uri, out), args.experiment)
     sweep_name = f"compare-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent = tracker.start_sweep(sweep_name, {"task": args.task, "methods": ",".join(methods), "seeds": args.seeds,
-                                              **{f"fixed.{k}": v for k, v in base.items()}})
+                                              "workers": args.workers, **{f"fixed.{k}": v for k, v in base.items()}})
 
-    def tracked(cfg: TrainConfig, name: str, setting: float | None, role: str) -> tuple[RunResult, Any]:
-        run_id = tracker.trial_run(f"{name}-{role}-s{cfg.seed}-{setting}", {"method": name, "role": role, **cfg.to_dict()})
-        result, trained = run_once(cfg, dataset(cfg.data), name, setting)
-        for record in result.history:
-            tracker.log_eval(run_id, int(record["step"]), record)
-        tracker.finish_trial(run_id, "FAILED" if result.failure else "FINISHED",
-                             {**result.metrics, "wall_seconds": result.seconds}, reason=result.failure or None)
-        return result, trained
+    def tracked(jobs: list[Job], role: str) -> list[tuple[RunResult, Panel | None]]:
+        """Train ``jobs`` and record each as an MLflow run once it is done (the driver's job alone)."""
+        done = pool.map(jobs)
+        for (cfg, name, setting, _), (result, _) in zip(jobs, done):
+            run_id = tracker.trial_run(f"{name}-{role}-s{cfg.seed}-{setting}", {"method": name, "role": role, **cfg.to_dict()})
+            for record in result.history:
+                tracker.log_eval(run_id, int(record["step"]), record)
+            tracker.finish_trial(run_id, "FAILED" if result.failure else "FINISHED",
+                                 {**result.metrics, "wall_seconds": result.seconds}, reason=result.failure or None)
+        return done
 
-    tuning: dict[str, dict[float, float]] = {}
-    chosen: dict[str, float | None] = {}
-    for name, method in methods.items():
-        grid = _grid(task, method, args)
-        if len(grid) == 1 or args.no_tune:
-            chosen[name], tuning[name] = grid[0], {}
-            continue
-        print(f"Tuning {method.label} on seed {args.tune_seed}:", flush=True)
-        scores = {s: tracked(method_config(bases[name], method, s, args.tune_seed), name, s, "tune")[0] for s in grid}
-        tuning[name] = {s: r.metrics.get("val_fd", math.inf) for s, r in scores.items()}
-        chosen[name] = min(tuning[name], key=lambda s: tuning[name][s] if math.isfinite(tuning[name][s]) else math.inf)
+    with RunPool(args.workers) as pool:
+        grids = {name: _grid(task, method, args) for name, method in methods.items()}
+        chosen: dict[str, float | None] = {name: grid[0] for name, grid in grids.items()}
+        tuned = [name for name, grid in grids.items() if len(grid) > 1 and not args.no_tune]
+        tuning: dict[str, dict[float, float]] = {name: {} for name in methods}
+        if tuned:
+            print(f"Tuning {', '.join(methods[n].label for n in tuned)} on seed {args.tune_seed}:", flush=True)
+        jobs = [(method_config(bases[name], methods[name], s, args.tune_seed), name, s, 0)
+                for name in tuned for s in grids[name]]
+        for (_, name, setting, _), (result, _) in zip(jobs, tracked(jobs, "tune")):
+            tuning[name][setting] = result.metrics.get("val_fd", math.inf)
+        for name in tuned:
+            chosen[name] = min(tuning[name], key=lambda s: tuning[name][s] if math.isfinite(tuning[name][s]) else math.inf)
 
-    print("Evaluation seeds:", flush=True)
-    results: dict[str, list[RunResult]] = {}
-    panels: dict[str, tuple[Any, Any, Any]] = {}
-    for name, method in methods.items():
-        results[name] = []
-        for seed in args.seeds:
-            result, trained = tracked(method_config(bases[name], method, chosen[name], seed), name, chosen[name], "eval")
+        print("Evaluation seeds:", flush=True)
+        jobs = [(method_config(bases[name], method, chosen[name], seed), name, chosen[name],
+                 PANEL_ROWS if seed == args.seeds[0] else 0) for name, method in methods.items() for seed in args.seeds]
+        results: dict[str, list[RunResult]] = {name: [] for name in methods}
+        panels: dict[str, Panel] = {}
+        for (_, name, _, _), (result, panel) in zip(jobs, tracked(jobs, "eval")):
             results[name].append(result)
-            if trained is not None and seed == args.seeds[0]:
-                state, data = trained
-                source, target = (pool[:4000] for pool in data.held_out("test"))
-                panels[f"{method.label}: test FD {result.metrics.get('test_fd', math.nan):.4g}"] = (translate(serving_model(state), source), target, None)
+            if panel is not None:
+                panels[f"{methods[name].label}: test FD {result.metrics.get('test_fd', math.nan):.4g}"] = panel
 
     seed_cfgs = [load_train_config(None, {**base, "seed": s, "data.seed": s}) for s in args.seeds]
     floors, floor_rows = noise_floor(dataset(seed_cfgs[0].data), seed_cfgs[0])

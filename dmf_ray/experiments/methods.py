@@ -109,11 +109,13 @@ def method_config(base: Mapping[str, Any], method: Method, setting: float | None
 
 def method_base(base: Mapping[str, Any], method: Method, task: Task, ofm_steps: int | None = None) -> dict[str, Any]:
     """The shared keys a method trains with: OFM's own paper's steps and batch (``ofm_steps``
-    overrides the task's), everyone else the comparison's."""
+    overrides the task's) and as many evaluations per run as the others (so its time to quality
+    is read as finely), everyone else the comparison's."""
     if method.overrides.get("method") != "ofm":
         return dict(base)
     steps = task.ofm_steps if ofm_steps is None else ofm_steps
-    return {**base, "steps": steps, "eval_every": max(1, steps // 10), "batch_size": task.ofm_batch}
+    evals = max(1, base["steps"] // base["eval_every"])
+    return {**base, "steps": steps, "eval_every": max(1, steps // evals), "batch_size": task.ofm_batch}
 
 
 def with_ema_decay(method: Method, decay: float) -> Method:
