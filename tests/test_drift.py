@@ -62,7 +62,9 @@ def test_fast_path_equals_the_readable_drift(normalization: str, kernel: str, va
             scale = readable.drift.abs().max()
             assert torch.allclose(fast.drift, readable.drift, atol=1e-5 * scale, rtol=1e-4), (chunk, density)
             assert torch.allclose(fast.force_rms, readable.force_rms, rtol=1e-5)
-            assert torch.equal(fast.scale, readable.scale)
+            # The same mean distance summed in another order: equal to float32 round-off (torch 2.14 changed
+            # a reduction order, so bitwise equality is not a property of the algorithm).
+            torch.testing.assert_close(fast.scale, readable.scale, rtol=1e-6, atol=0)
 
 
 def test_drift_loss_is_the_released_loss_and_its_gradient_follows_the_drift() -> None:
