@@ -50,7 +50,7 @@ from dmf_ray.trainer.run import run_training
 
 def run_once(cfg: TrainConfig, data: TranslationData, name: str, setting: float | None) -> tuple[RunResult, Any]:
     """Train one run on ``data`` (``cfg.data``'s dataset); a diverged run is a row with its reason,
-    never a crash of the comparison."""
+    never a crash of the comparison (then no trained state: None)."""
     start = time.perf_counter()
     try:
         state = run_training(cfg, data)
@@ -63,7 +63,7 @@ def run_once(cfg: TrainConfig, data: TranslationData, name: str, setting: float 
     result = RunResult(name, setting, cfg.seed, final, seconds, final["train_seconds"], state.step, state.history)
     print(f"  {name:<13} setting={setting} seed={cfg.seed:<4d} val FD={final.get('val_fd', math.nan):.5f} "
           f"test FD={final.get('test_fd', math.nan):.5f} ({seconds:.0f} s)", flush=True)
-    return result, (state, data)
+    return result, state
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,10 +82,9 @@ def train_job(cfg: TrainConfig, name: str, setting: float | None, panel_rows: in
     did not diverge, that many test rows translated for the samples figure -- tensors travel back
     to the driver, a trained state would not."""
     data = dataset(cfg.data)
-    result, trained = run_once(cfg, data, name, setting)
-    if trained is None or panel_rows <= 0:
+    result, state = run_once(cfg, data, name, setting)
+    if state is None or panel_rows <= 0:
         return result, None
-    state, _ = trained
     source, target = (pool[:panel_rows] for pool in data.held_out("test"))
     return result, (translate(serving_model(state), source), target, None)
 
@@ -104,7 +103,6 @@ class RunPool:
     side by side against ~880 s alone), so the total time did not change."""
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         if workers > 1:
             self._pool = ProcessPoolExecutor(
